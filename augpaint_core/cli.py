@@ -1,0 +1,101 @@
+"""``augpaint`` command line: every stage, the whole pipeline, compile and the phantom.
+
+``run`` and ``compile`` live in the KFP layer (``pipelines/``); they are loaded
+by module name only when asked for, so the core never imports kfp.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .errors import AugPaintError
+
+STAGE_INPUTS = {
+    "preprocess": [("--in", "input_dir", False, "nnU-Net v2 raw folder (default: data.source from the config)")],
+    "train-ae": [("--in", "dataset", True, "slice dataset artifact")],
+    "train-ldm": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact")],
+    "inpaint": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact"),
+                ("--ldm", "ldm_path", True, "LDM artifact")],
+    "filter": [("--in", "dataset", True, "slice dataset artifact"),
+               ("--synthetic", "synthetic", True, "synthetic dataset from inpaint")],
+    "train-seg": [("--in", "dataset", True, "slice dataset artifact"),
+                  ("--synthetic", "synthetic", False, "filtered synthetic dataset (omit for the baseline)")],
+    "evaluate": [("--in", "dataset", True, "slice dataset artifact"),
+                 ("--baseline", "baseline", True, "baseline segmenter"),
+                 ("--augpaint", "augpaint", True, "AugPaint segmenter")],
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set inpaint.samples_per_pair=3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="augpaint", description="AugPaint: diffusion inpainting augmentation")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for stage, inputs in STAGE_INPUTS.items():
+        p = sub.add_parser(stage, help=f"run the {stage} stage")
+        _common(p)
+        for flag, dest, req, help_ in inputs:
+            p.add_argument(flag, dest=dest, required=req, help=help_)
+        p.add_argument("--out", required=True, help="output artifact folder")
+        p.add_argument("--force", action="store_true", help="replace an existing output")
+        p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or "
+                                                           "sqlite:///mlflow.db; 'none' disables)")
+        p.add_argument("--parent-run-id", default="", help="MLflow parent run")
+        if stage == "train-seg":
+            p.add_argument("--name", default=None, help="baseline or augpaint (for logs)")
+    p = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
+    _common(p)
+    p.add_argument("--out", default="runs/latest", help="run folder (pipeline root, artifacts)")
+    p.add_argument("--tracking-uri", default=None)
+    p = sub.add_parser("compile", help="compile the KFP pipeline to YAML")
+    p.add_argument("--out", default="augpaint_pipeline.yaml")
+    p.add_argument("--image", default=None, help="component base image (default $AUGPAINT_IMAGE)")
+    p = sub.add_parser("make-phantom", help="write the built-in phantom in nnU-Net v2 raw format")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--slices", type=int, default=10)
+    p.add_argument("--size", type=int, default=96)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in STAGE_INPUTS:
+            from .stages import run_stage
+
+            cfg = load_config(args.config, args.set)
+            inputs = {dest: getattr(args, dest) for _, dest, _, _ in STAGE_INPUTS[args.command]}
+            inputs = {k: v for k, v in inputs.items() if v is not None or k == "input_dir"}
+            if args.command == "train-seg":
+                inputs["name"] = args.name
+            out = run_stage(args.command, cfg, args.out, tracking_uri=args.tracking_uri,
+                            parent_run_id=args.parent_run_id, force=args.force, **inputs)
+            print(f"{args.command}: wrote {out}")
+        elif args.command == "make-phantom":
+            from .phantom import write_phantom
+
+            out = write_phantom(args.out, seed=args.seed, num_cases=args.cases, slices=args.slices, size=args.size)
+            print(f"make-phantom: wrote {out}")
+        elif args.command == "run":
+            cfg = load_config(args.config, args.set)  # fail fast, before kfp starts
+            importlib.import_module("pipelines.local").run_local(cfg, Path(args.out), args.tracking_uri)
+        elif args.command == "compile":
+            out = importlib.import_module("pipelines.compile").compile_pipeline(args.out, image=args.image)
+            print(f"compile: wrote {out}")
+    except AugPaintError as err:
+        print(f"augpaint {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

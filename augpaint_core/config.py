@@ -1,0 +1,211 @@
+"""One pydantic schema for every stage, loaded from YAML presets.
+
+Invalid values fail at load time with the dotted field name, e.g.
+``configs/x.yaml: inpaint.num_inference_steps: Input should be greater than 0``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from .errors import AugPaintError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PhantomConfig(_Strict):
+    """Built-in cardiac-MRI-like phantom (the demo's and the tests' data)."""
+
+    num_cases: PositiveInt = 20
+    slices_per_case: PositiveInt = 10
+    size: PositiveInt = 96
+
+
+class DataConfig(_Strict):
+    source: Literal["phantom", "nnunet"] = "phantom"
+    path: str | None = Field(None, description="nnU-Net v2 raw folder when source=nnunet")
+    image_size: PositiveInt = 256
+    split: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.7, 0.15, 0.15)
+    num_labeled: PositiveInt = 1
+    phantom: PhantomConfig = PhantomConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.source == "nnunet" and not self.path:
+            raise ValueError("data.path is required when data.source is 'nnunet'")
+        if self.image_size % 4:
+            raise ValueError(f"image_size {self.image_size} must be divisible by the AE factor 4")
+        return self
+
+
+class AEConfig(_Strict):
+    """VQ-regularised autoencoder (diffusers VQModel); len(block_channels)=3 gives f=4."""
+
+    block_channels: list[PositiveInt] = [128, 256, 512]
+    layers_per_block: PositiveInt = 2
+    latent_channels: PositiveInt = 3
+    num_embeddings: PositiveInt = 8192
+    epochs: PositiveInt = 1000
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 4
+    lr: PositiveFloat = 4.5e-6 * 4
+    commitment_weight: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "AEConfig":
+        if len(self.block_channels) != 3:
+            raise ValueError("ae.block_channels must have 3 entries (f=4)")
+        return self
+
+
+class LDMConfig(_Strict):
+    block_channels: list[PositiveInt] = [224, 448, 672, 896]
+    attention: list[bool] = [False, True, True, True]
+    layers_per_block: PositiveInt = 2
+    num_train_timesteps: PositiveInt = 1000
+    beta_start: PositiveFloat = 0.0015
+    beta_end: PositiveFloat = 0.0195
+    epochs: PositiveInt = 1000
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 4
+    lr: PositiveFloat = 1e-4
+
+    @model_validator(mode="after")
+    def _check(self) -> "LDMConfig":
+        if len(self.attention) != len(self.block_channels):
+            raise ValueError("ldm.attention needs one entry per ldm.block_channels entry")
+        if self.beta_end <= self.beta_start:
+            raise ValueError("ldm.beta_end must be larger than ldm.beta_start")
+        return self
+
+
+class InpaintConfig(_Strict):
+    num_inference_steps: PositiveInt = 50
+    samples_per_pair: PositiveInt = 5
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: PositiveInt = 8
+    mask_flip: bool = False
+    known_noise: Literal["fresh", "fixed"] = "fresh"
+    box_margin: int = Field(0, ge=0)
+
+
+class SegConfig(_Strict):
+    """MONAI BasicUNet: features = 5 encoder widths + the decoder's last width."""
+
+    features: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (
+        64, 128, 256, 512, 1024, 64)
+    epochs: PositiveInt = 120
+    max_steps: PositiveInt | None = Field(
+        None, description="if set, train exactly this many steps (same budget for baseline and AugPaint)")
+    batch_size: PositiveInt = 4
+    lr: PositiveFloat = 5e-4
+    val_checks: PositiveInt = Field(10, description="validations (best-checkpoint choice) spread over training")
+
+
+class FilterConfig(_Strict):
+    keep_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    scorer_epochs: PositiveInt = 120
+    scorer_max_steps: PositiveInt | None = None
+
+
+class TrackingConfig(_Strict):
+    experiment: str = "augpaint"
+
+
+class AugPaintConfig(_Strict):
+    name: str = "augpaint"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    ae: AEConfig = AEConfig()
+    ldm: LDMConfig = LDMConfig()
+    inpaint: InpaintConfig = InpaintConfig()
+    filter: FilterConfig = FilterConfig()
+    seg: SegConfig = SegConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``a.b.c -> value`` view, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        got = e.get("input")
+        got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) and "input" in e else ""
+        parts.append(f"{loc}: {e['msg']}{got_s}")
+    return f"{where}: invalid config: " + "; ".join(parts)
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise AugPaintError(f"override {override!r}: expected key.path=value")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw)
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise AugPaintError(f"override {override!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_config(data: Any, where: str = "<config>", overrides: list[str] | None = None) -> AugPaintConfig:
+    """Validate a dict (already parsed YAML) into the schema, naming bad fields."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise AugPaintError(f"{where}: the config must be a YAML mapping, got {type(data).__name__}")
+    for o in overrides or []:
+        _apply_override(data, o)
+    try:
+        return AugPaintConfig.model_validate(data)
+    except ValidationError as err:
+        raise AugPaintError(_format_errors(err, where)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> AugPaintConfig:
+    """Load and validate a YAML preset.
+
+    Args:
+        path: YAML file.
+        overrides: ``key.path=value`` strings applied before validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AugPaintError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise AugPaintError(f"{p}: not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_config(data, str(p), overrides)
+
+
+def config_from_yaml_text(text: str, overrides: list[str] | None = None) -> AugPaintConfig:
+    """Parse a config passed inline (the KFP pipeline parameter)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise AugPaintError(f"config_yaml parameter: not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_config(data, "config_yaml parameter", overrides)

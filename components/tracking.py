@@ -1,0 +1,34 @@
+"""MLflow parent run: opened by the first task, closed by the exit handler."""
+from kfp import dsl
+
+from components import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_name: str,
+                   kfp_ui_url: str = "") -> str:
+    """Create the pipeline's parent MLflow run and return its id (tagged like KFP's MLflow plugin)."""
+    import sys
+
+    from augpaint_core.errors import AugPaintError
+    from augpaint_core.tracking import start_parent_run
+
+    if tracking_uri == "none":
+        return ""
+    url = f"{kfp_ui_url.rstrip('/')}/#/runs/details/{kfp_run_id}" if kfp_ui_url else ""
+    try:
+        return start_parent_run(tracking_uri, experiment, kfp_run_name,
+                                tags={"kfp.pipeline_run_id": kfp_run_id, "kfp.pipeline_run_url": url})
+    except AugPaintError as err:
+        print(f"augpaint start-tracking: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def close_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: close this pipeline run's parent MLflow run with the pipeline's final state."""
+    from augpaint_core.tracking import close_parent_runs
+
+    state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+    if tracking_uri != "none":
+        close_parent_runs(tracking_uri, experiment, kfp_run_id, state.get(str(status.state).upper(), "FAILED"))

@@ -1,0 +1,67 @@
+"""``augpaint run``: execute the compiled pipeline definition locally with kfp.local.
+
+It is the same ``augpaint_pipeline`` a cluster runs; SubprocessRunner runs each
+component as a subprocess of this Python environment (use_venv=False).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from augpaint_core.config import AugPaintConfig
+from augpaint_core.errors import AugPaintError
+from augpaint_core.tracking import resolve_uri
+
+
+def find_report(pipeline_root: Path, since: float) -> Path:
+    """The evaluate task's report folder written by this run."""
+    found = [p.parent for p in pipeline_root.rglob("metrics.json")
+             if (p.parent / "report.md").is_file() and p.stat().st_mtime >= since]
+    if not found:
+        raise AugPaintError(f"{pipeline_root}: the pipeline finished but no evaluation report was written")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *, quiet: bool = False) -> dict:
+    """Run the whole pipeline through kfp.local.
+
+    Args:
+        cfg: validated config.
+        out: run folder; artifacts go under ``out/pipeline_root``.
+        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+        quiet: do not print the summary.
+
+    Returns:
+        the evaluation metrics, plus ``report_dir`` and ``tracking_uri``.
+    """
+    from kfp import local
+
+    from pipelines.augpaint_pipeline import augpaint_pipeline
+
+    out = out.resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    t0 = time.time()
+    try:
+        augpaint_pipeline(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+    except RuntimeError as err:
+        raise AugPaintError(f"pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in {root})"
+                            ) from None
+    elapsed = time.time() - t0
+    report = find_report(root, t0)
+    metrics = json.loads((report / "metrics.json").read_text())
+    metrics.update(report_dir=str(report), tracking_uri=uri, elapsed_s=elapsed)
+    if not quiet:
+        print("\n" + (report / "report.md").read_text())
+        print(f"Pipeline finished in {elapsed:.0f} s.")
+        print(f"Artifacts:      {root}")
+        print(f"Report:         {report / 'report.md'}")
+        if uri != "none" and uri.startswith("sqlite:"):
+            print(f"MLflow UI:      .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   "
+                  f"(then open http://127.0.0.1:5000)")
+        elif uri != "none":
+            print(f"MLflow:         {uri}")
+    return metrics
