@@ -95,6 +95,8 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
             m[f"{name}_mean_hd95"] = r["mean"]["hd95"]
             for c, v in r["per_class"].items():
                 m[f"{name}_{c}_dice"], m[f"{name}_{c}_hd95"] = v["dice"], v["hd95"]
-        tracker.log_metrics(m)
-        tracker.log_artifact(Path(out) / "report.md")
+        for t in (tracker, tracker.parent):  # final numbers also on the parent, for the runs compare view
+            if t is not None:
+                t.log_metrics(m)
+                t.log_artifact(Path(out) / "report.md")
     return Path(out)

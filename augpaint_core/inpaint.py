@@ -74,6 +74,8 @@ def augpaint_sample(unet, ae, scheduler_config, x0: torch.Tensor, mask: torch.Te
     Returns:
         (B,3,H,W) decoded images in [-1, 1]; the caller pastes the known pixels back.
     """
+    if len(seeds) != len(x0) or mask.shape[0] != len(x0):
+        raise AugPaintError(f"augpaint_sample: {len(x0)} images, {mask.shape[0]} masks, {len(seeds)} seeds")
     sched = ddim_from(scheduler_config)
     sched.set_timesteps(steps)
     scale = ae.config.scaling_factor

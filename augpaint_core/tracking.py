@@ -54,8 +54,8 @@ def _experiment_id(client, uri: str, name: str) -> str:
 class Tracker:
     """Thin wrapper over one MLflow run (explicit client, no global fluent state)."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, parent: "Tracker | None" = None):
+        self.client, self.run_id, self.parent = client, run_id, parent
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -84,8 +84,17 @@ class Tracker:
             self.client.set_tag(self.run_id, k, v)
 
 
-def start_parent_run(uri: str | None, experiment: str, run_name: str, tags: dict[str, str] | None = None) -> str:
-    """Create the pipeline's parent run (or reuse $MLFLOW_RUN_ID) and return its id."""
+def start_parent_run(uri: str | None, experiment: str, run_name: str, tags: dict[str, str] | None = None,
+                     params: dict[str, Any] | None = None) -> str:
+    """Create the pipeline's parent run (or reuse $MLFLOW_RUN_ID) and return its id.
+
+    Args:
+        uri: tracking URI.
+        experiment: experiment name (created if missing).
+        run_name: the parent run's name (the KFP run name).
+        tags: e.g. ``kfp.pipeline_run_id`` and ``kfp.pipeline_run_url``.
+        params: the flattened config, logged on the parent for the compare view.
+    """
     uri = resolve_uri(uri)
     client = _client(uri)
     if os.environ.get("MLFLOW_RUN_ID"):
@@ -93,6 +102,8 @@ def start_parent_run(uri: str | None, experiment: str, run_name: str, tags: dict
     else:
         exp = _experiment_id(client, uri, experiment)
         run_id = client.create_run(exp, run_name=run_name, tags=tags or {}).info.run_id
+    if params:
+        Tracker(client, run_id).log_params(params)
     return run_id
 
 
@@ -144,7 +155,7 @@ def stage_run(uri: str | None, parent_run_id: str | None, stage: str, params: di
         exp = _experiment_id(client, uri, "augpaint")
         tags = {}
     run = client.create_run(exp, run_name=stage, tags={**tags, "augpaint.stage": stage})
-    tracker = Tracker(client, run.info.run_id)
+    tracker = Tracker(client, run.info.run_id, Tracker(client, parent_run_id) if parent_run_id else None)
     if params:
         tracker.log_params(params)
     status = "FAILED"

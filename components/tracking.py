@@ -5,11 +5,12 @@ from components import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_name: str,
+def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_name: str, config_yaml: str,
                    kfp_ui_url: str = "") -> str:
     """Create the pipeline's parent MLflow run and return its id (tagged like KFP's MLflow plugin)."""
     import sys
 
+    from augpaint_core.config import config_from_yaml_text
     from augpaint_core.errors import AugPaintError
     from augpaint_core.tracking import start_parent_run
 
@@ -17,8 +18,10 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
         return ""
     url = f"{kfp_ui_url.rstrip('/')}/#/runs/details/{kfp_run_id}" if kfp_ui_url else ""
     try:
+        params = config_from_yaml_text(config_yaml).flat()
         return start_parent_run(tracking_uri, experiment, kfp_run_name,
-                                tags={"kfp.pipeline_run_id": kfp_run_id, "kfp.pipeline_run_url": url})
+                                tags={"kfp.pipeline_run_id": kfp_run_id, "kfp.pipeline_run_url": url},
+                                params=params)
     except AugPaintError as err:
         print(f"augpaint start-tracking: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -32,7 +32,8 @@ def augpaint_pipeline(config_yaml: str, tracking_uri: str = "", experiment: str 
     with dsl.ExitHandler(closer):
         start = start_tracking(tracking_uri=tracking_uri, experiment=experiment,
                                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                               kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, kfp_ui_url=kfp_ui_url)
+                               kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml,
+                               kfp_ui_url=kfp_ui_url)
         start.set_caching_options(False)
         common = dict(config_yaml=config_yaml, tracking_uri=tracking_uri, parent_run_id=start.output)
         pre = preprocess(input_dir=input_dir, data_version=data_version, **common)

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny config (32x32, a few steps) and one session-wide run of every stage."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from augpaint_core.config import AugPaintConfig, parse_config
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"source": "phantom", "image_size": 32, "num_labeled": 1,
+             "phantom": {"num_cases": 8, "slices_per_case": 4, "size": 48}},
+    "ae": {"block_channels": [8, 16, 16], "layers_per_block": 1, "num_embeddings": 32, "max_steps": 3,
+           "batch_size": 4, "lr": 1.0e-3},
+    "ldm": {"block_channels": [16, 16, 32, 32], "attention": [False, False, False, True], "layers_per_block": 1,
+            "max_steps": 3, "batch_size": 4},
+    "inpaint": {"num_inference_steps": 4, "samples_per_pair": 2, "batch_size": 8},
+    "filter": {"scorer_max_steps": 2},
+    "seg": {"features": [4, 8, 8, 16, 16, 4], "max_steps": 2, "val_checks": 1},
+}
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_dict() -> dict:
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def tiny_cfg() -> AugPaintConfig:
+    return parse_config(tiny_dict(), "tiny")
+
+
+@pytest.fixture(scope="session")
+def pipeline_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """Every stage once, in process, on the tiny config (no tracking)."""
+    from augpaint_core.evaluate import evaluate
+    from augpaint_core.filter import filter_synthetic
+    from augpaint_core.inpaint import inpaint
+    from augpaint_core.preprocess import preprocess
+    from augpaint_core.train_ae import train_ae
+    from augpaint_core.train_ldm import train_ldm
+    from augpaint_core.train_seg import train_seg
+
+    cfg = parse_config(tiny_dict(), "tiny")
+    d = tmp_path_factory.mktemp("stages")
+    a = {k: d / k for k in ("dataset", "ae", "ldm", "synthetic", "filtered", "baseline", "augpaint", "report")}
+    preprocess(cfg, a["dataset"])
+    train_ae(cfg, a["dataset"], a["ae"])
+    train_ldm(cfg, a["dataset"], a["ae"], a["ldm"])
+    inpaint(cfg, a["dataset"], a["ae"], a["ldm"], a["synthetic"])
+    filter_synthetic(cfg, a["dataset"], a["synthetic"], a["filtered"])
+    train_seg(cfg, a["dataset"], a["baseline"])
+    train_seg(cfg, a["dataset"], a["augpaint"], synthetic=a["filtered"])
+    evaluate(cfg, a["dataset"], a["baseline"], a["augpaint"], a["report"])
+    a["cfg"] = cfg
+    return a
