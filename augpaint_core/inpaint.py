@@ -99,6 +99,18 @@ def augpaint_sample(unet, ae, scheduler_config, x0: torch.Tensor, mask: torch.Te
     return ae.decode(z / scale).sample
 
 
+def inpaint_grid(ds: SliceDataset, syn: SliceDataset, sources: list[int], n: int) -> np.ndarray:
+    """One row per source slice: input, kept-box mask, then its samples."""
+    rows = []
+    for s in sources:
+        idx = [i for i, r in enumerate(syn.records) if r["provenance"]["source_index"] == s][:n]
+        mask = box_mask(syn.labels[idx[0]]) if syn.records[idx[0]]["provenance"]["flip"] == "none" else \
+            box_mask(ds.labels[s])
+        m_img = np.repeat((mask * 255).astype(np.uint8)[..., None], 3, -1)
+        rows.append(np.stack([ds.images[s], m_img, *syn.images[idx]]))
+    return image_grid(rows)
+
+
 def anchors(ds: SliceDataset) -> tuple[list[int], list[int]]:
     """Labeled training slices with foreground (anchors) and those skipped for an empty label."""
     labeled = ds.where(split="train", labeled=True)
@@ -141,7 +153,6 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, ldm_p
         raise AugPaintError(f"{dataset}: no labeled training slice has foreground; nothing to inpaint")
     items = [(s, j) for s in src for j in range(icfg.samples_per_pair)]
     images, labels, records = [], [], []
-    grid_rows = []
     for b in range(0, len(items), icfg.batch_size):
         chunk = items[b:b + icfg.batch_size]
         xs, ys, ms, seeds, flips = [], [], [], [], []
@@ -176,18 +187,10 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, ldm_p
                                            "flip": flips[k]}})
         images.append(out_u8)
         labels.append(np.stack(ys))
-        if len(grid_rows) < 4:
-            for k, (s, j) in enumerate(chunk):
-                if j == 0 and len(grid_rows) < 4:
-                    m_img = np.repeat((mask[k] * 255).astype(np.uint8)[..., None], 3, -1)
-                    n = icfg.samples_per_pair
-                    grid_rows.append(np.stack([x_u8[k], m_img, *out_u8[k:k + n]]))
         if tracker:
             tracker.log_metrics({"inpaint_done": b + len(chunk)}, step=b)
     syn = SliceDataset(np.concatenate(images), np.concatenate(labels), records, ds.class_names)
-    width = max(len(r) for r in grid_rows)
-    grid_rows = [np.concatenate([r, np.zeros((width - len(r), *r.shape[1:]), np.uint8)]) for r in grid_rows]
-    grid = image_grid(grid_rows)
+    grid = inpaint_grid(ds, syn, src[:4], icfg.samples_per_pair)
     with atomic_dir(out, force=force) as tmp:
         save_dataset(syn, tmp)
         np.save(tmp / "inpaint_grid.npy", grid)

@@ -17,7 +17,7 @@ import numpy as np
 
 from augpaint_core.config import load_config
 from augpaint_core.evaluate import evaluate_model
-from augpaint_core.artifacts import load_dataset
+from augpaint_core.artifacts import load_dataset, read_artifact_meta
 from augpaint_core.preprocess import preprocess
 from augpaint_core.train_seg import train_seg
 
@@ -29,12 +29,14 @@ def main() -> None:
     ap.add_argument("--labeled", default="1,2,all")
     args = ap.parse_args()
     base = load_config(args.config)
-    p = base.data.phantom
-    n_train = p.num_cases - 2 * max(1, round(p.num_cases * 0.15))
-    counts = [n_train if k == "all" else int(k) for k in args.labeled.split(",")]
-    results: dict[int, list[float]] = {k: [] for k in counts}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
+        # "all" = every training case; the split decides how many that is.
+        probe = base.model_copy(deep=True)
+        probe.data.num_labeled = 1
+        n_train = len(read_artifact_meta(preprocess(probe, Path(tmp) / "probe"))["cases"]["train"])
+        counts = [n_train if k == "all" else int(k) for k in args.labeled.split(",")]
+        results: dict[int, list[float]] = {k: [] for k in counts}
         for split in range(args.splits):
             for k in counts:
                 cfg = base.model_copy(deep=True)
