@@ -75,6 +75,7 @@ class LDMConfig(_Strict):
     max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 1e-4
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the U-Net weights (0 disables)")
 
     @model_validator(mode="after")
     def _check(self) -> "LDMConfig":

@@ -59,6 +59,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
     unet = build_unet(cfg.ldm, latent_size, ae.config.latent_channels).train()
     sched = build_train_scheduler(cfg.ldm)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.ldm.lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in unet.parameters()] if cfg.ldm.ema_decay > 0 else None
     steps = num_steps(len(x), cfg.ldm.batch_size, cfg.ldm.epochs, cfg.ldm.max_steps)
     log_every = max(1, steps // 50)
     history = []
@@ -73,10 +74,16 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            # EMA weights sample far better than the raw ones; warm-up so short runs are not stuck at init.
+            decay = min(cfg.ldm.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
         if step % log_every == 0 or step == steps - 1:
             history.append({"step": step, "loss": loss.item()})
             if tracker:
                 tracker.log_metrics({"ldm_loss": loss.item()}, step=step)
+    if ema is not None:
+        torch._foreach_copy_([p.data for p in unet.parameters()], ema)
     unet.eval()
     samples = sample_unconditional(unet, sched.config, ae, 6, 50, cfg.seed)
     with atomic_dir(out, force=force) as tmp:
