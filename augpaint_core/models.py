@@ -103,13 +103,11 @@ def load_ldm(path: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
 def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict]:
     import json
 
-    from .config import SegConfig as _S
-
     p = Path(path)
     if not (p / "segmenter.pt").is_file():
         raise AugPaintError(f"{path}: not a segmenter artifact (no segmenter.pt)")
     info = json.loads((p / "segmenter.json").read_text())
-    model = build_segmenter(_S.model_validate(info["seg_config"]), info["num_classes"])
+    model = build_segmenter(SegConfig.model_validate(info["seg_config"]), info["num_classes"])
     model.load_state_dict(torch.load(p / "segmenter.pt", weights_only=True))
     return model.eval(), info
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import atomic_dir, load_dataset, read_artifact_meta, write_artifact_meta
+from .artifacts import atomic_dir, load_dataset, write_artifact_meta
 from .config import AugPaintConfig
 from .errors import AugPaintError
 from .models import (AE_FACTOR, batches, build_vqmodel, num_steps, seed_everything, to_tensor, to_uint8)
@@ -98,7 +98,3 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
         tracker.log_metrics({"ae_val_psnr": val_psnr, "ae_scaling_factor": scale})
         tracker.log_image(grid, "ae_reconstructions.png")
     return Path(out)
-
-
-def check_ae(path: str | Path) -> dict:
-    return read_artifact_meta(path, kind="model")
