@@ -64,7 +64,8 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
     kept = syn.select(keep)
     for r, i in zip(kept.records, keep):
         r["provenance"] = {**r["provenance"], "filter_score": float(scores[i]), "synthetic_index": int(i)}
-    table = [{"index": i, "score": float(s), "kept": bool(i in set(keep.tolist()))} for i, s in enumerate(scores)]
+    kept_set = set(keep.tolist())
+    table = [{"index": i, "score": float(s), "kept": i in kept_set} for i, s in enumerate(scores)]
     with atomic_dir(out, force=force) as tmp:
         save_dataset(SliceDataset(kept.images, kept.labels, kept.records, kept.class_names), tmp)
         (tmp / "scores.json").write_text(json.dumps(table))
