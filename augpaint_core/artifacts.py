@@ -1,4 +1,4 @@
-"""Artifact folders: atomic writes, provenance records and the slice-dataset format.
+"""Artifact folders: atomic writes and provenance records (the slice dataset format is in ``dataset``).
 
 Every stage writes its output folder through :func:`atomic_dir`: the work goes
 into a hidden sibling folder, ``artifact.json`` is written last and the folder is
@@ -13,11 +13,9 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-import numpy as np
 
 from .errors import AugPaintError
 
@@ -136,60 +134,3 @@ def read_artifact_meta(path: str | Path, kind: str | None = None) -> dict:
     if kind and meta.get("kind") != kind:
         raise AugPaintError(f"{p}: expected a {kind} artifact, found {meta.get('kind')!r} from stage {meta.get('stage')!r}")
     return meta
-
-
-# ----------------------------------------------------------------------------------------------
-# Slice dataset: images (N,H,W,3) uint8, labels (N,H,W) uint8, one record per slice.
-
-
-@dataclass
-class SliceDataset:
-    """In-memory slice dataset.
-
-    ``records`` hold per slice: case_id, slice_index, split (train/val/test),
-    labeled (bool), source (real/synthetic) and a free ``provenance`` dict.
-    Labels of unlabeled training slices are all zero and must not be used.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    records: list[dict[str, Any]]
-    class_names: list[str]
-
-    def __post_init__(self) -> None:
-        n = len(self.records)
-        if self.images.shape[0] != n or self.labels.shape[0] != n:
-            raise AugPaintError(f"dataset: {self.images.shape[0]} images, {self.labels.shape[0]} labels, {n} records")
-        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise AugPaintError(f"dataset: images must be (N,H,W,3) uint8, got {self.images.shape} {self.images.dtype}")
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes including background."""
-        return len(self.class_names) + 1
-
-    def select(self, idx: list[int] | np.ndarray) -> "SliceDataset":
-        idx = np.asarray(idx, dtype=np.int64)
-        return SliceDataset(self.images[idx], self.labels[idx], [self.records[i] for i in idx], self.class_names)
-
-    def where(self, **match: Any) -> np.ndarray:
-        """Indices of records whose fields equal all given values."""
-        return np.array([i for i, r in enumerate(self.records) if all(r.get(k) == v for k, v in match.items())],
-                        dtype=np.int64)
-
-
-def save_dataset(ds: SliceDataset, folder: Path) -> None:
-    np.save(folder / "images.npy", ds.images)
-    np.save(folder / "labels.npy", ds.labels)
-    (folder / "records.json").write_text(json.dumps({"class_names": ds.class_names, "records": ds.records}))
-
-
-def load_dataset(path: str | Path) -> SliceDataset:
-    """Load a dataset artifact, verifying its file hashes."""
-    p = Path(path)
-    meta = read_artifact_meta(p, kind="dataset")
-    for name, digest in meta["files"].items():
-        if sha256_file(p / name) != digest:
-            raise AugPaintError(f"{p / name}: checksum mismatch; the artifact is corrupt")
-    rec = json.loads((p / "records.json").read_text())
-    return SliceDataset(np.load(p / "images.npy"), np.load(p / "labels.npy"), rec["records"], rec["class_names"])

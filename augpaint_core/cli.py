@@ -10,11 +10,12 @@ import importlib
 import sys
 from pathlib import Path
 
-from .config import load_config
+from .config import FORMATS, load_config
 from .errors import AugPaintError
 
 STAGE_INPUTS = {
-    "preprocess": [("--in", "input_dir", False, "nnU-Net v2 raw folder (default: data.source from the config)")],
+    "preprocess": [("--in", "input_dir", False, "raw dataset folder or s3:// prefix (default: data.path, else the "
+                                                "built-in phantom)")],
     "train-ae": [("--in", "dataset", True, "slice dataset artifact")],
     "train-ldm": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact")],
     "inpaint": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact"),
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--parent-run-id", default="", help="MLflow parent run")
         if stage == "train-seg":
             p.add_argument("--name", default=None, help="baseline or augpaint (for logs)")
+        if stage == "preprocess":
+            p.add_argument("--format", dest="fmt", default=None, choices=FORMATS,
+                           help="raw layout (default data.format, auto-detected)")
+            p.add_argument("--workers", type=int, default=None, help="reader processes (default data.workers; "
+                                                                     "0 = one per core)")
+            p.add_argument("--on-error", dest="on_error", default=None, choices=["fail", "skip"],
+                           help="a bad case stops the run (fail, default) or is skipped and reported")
     p = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
     _common(p)
     p.add_argument("--out", default="runs/latest", help="run folder (pipeline root, artifacts)")
@@ -63,7 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=20)
     p.add_argument("--slices", type=int, default=10)
     p.add_argument("--size", type=int, default=96)
+    p = sub.add_parser("make-fixture", help="write a tiny fake dataset in a real raw layout (to try preprocess)")
+    p.add_argument("--format", dest="fmt", required=True,
+                   choices=["acdc", "msd_brats", "synapse", "isic", "nnunet", "nnunet_png"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
     return ap
+
+
+def _print_preprocess_report(out: Path) -> None:
+    import json
+
+    rep = json.loads((Path(out) / "preprocess_report.json").read_text())
+    counts = ", ".join(f"{k} {v}" for k, v in rep["slice_counts"].items() if v)
+    print(f"preprocess: {rep['format']} '{rep['dataset']}': {rep['cases_read']} cases, {rep['num_slices']} slices "
+          f"({counts}) at {rep['slices_per_s']} slices/s with {rep['workers']} worker(s)")
+    if rep["skipped"]:
+        print(f"preprocess: skipped {rep['cases_skipped']} case(s) (listed in {Path(out) / 'preprocess_report.json'}):")
+        for s in rep["skipped"]:
+            print(f"  {s['error']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,14 +104,25 @@ def main(argv: list[str] | None = None) -> int:
             inputs = {k: v for k, v in inputs.items() if v is not None or k == "input_dir"}
             if args.command == "train-seg":
                 inputs["name"] = args.name
+            if args.command == "preprocess":
+                if args.on_error:
+                    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_error": args.on_error})})
+                inputs.update(fmt=args.fmt, workers=args.workers, progress=True)
             out = run_stage(args.command, cfg, args.out, tracking_uri=args.tracking_uri,
                             parent_run_id=args.parent_run_id, force=args.force, **inputs)
             print(f"{args.command}: wrote {out}")
+            if args.command == "preprocess":
+                _print_preprocess_report(out)
         elif args.command == "make-phantom":
             from .phantom import write_phantom
 
             out = write_phantom(args.out, seed=args.seed, num_cases=args.cases, slices=args.slices, size=args.size)
             print(f"make-phantom: wrote {out}")
+        elif args.command == "make-fixture":
+            from .fakedata import write_fake_dataset
+
+            out = write_fake_dataset(args.fmt, args.out, num_cases=args.cases, seed=args.seed)
+            print(f"make-fixture: wrote {out}")
         elif args.command == "run":
             cfg = load_config(args.config, args.set)  # fail fast, before kfp starts
             importlib.import_module("pipelines.local").run_local(cfg, Path(args.out), args.tracking_uri)

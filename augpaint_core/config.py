@@ -27,20 +27,44 @@ class PhantomConfig(_Strict):
     size: PositiveInt = 96
 
 
+FORMATS = ("auto", "nnunet", "acdc", "msd", "synapse", "isic")
+
+
 class DataConfig(_Strict):
-    source: Literal["phantom", "nnunet"] = "phantom"
-    path: str | None = Field(None, description="nnU-Net v2 raw folder when source=nnunet")
+    """Raw data and how it becomes a slice dataset (see ``augpaint_core.ingest``)."""
+
+    format: Literal["auto", "nnunet", "acdc", "msd", "synapse", "isic"] = Field(
+        "auto", description="raw layout of data.path / --in; auto detects it")
+    path: str | None = Field(None, description="raw dataset folder or s3:// prefix; unset uses the built-in phantom")
     image_size: PositiveInt = 256
-    split: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.7, 0.15, 0.15)
-    num_labeled: PositiveInt = 1
+    split: tuple[float, float, float] = Field(
+        (0.7, 0.15, 0.15), description="train:val:test by patient; with an official test set (ISIC) the test "
+                                       "fraction is ignored")
+    split_seed: int | None = Field(None, description="seed of the patient split and the labeled pick (default: seed)")
+    num_labeled: PositiveInt = Field(1, description="labeled training cases (patients; images for 2D data)")
+    channels: list[str] | None = Field(None, description="channel names to use, up to 3 (default: FLAIR for "
+                                                         "BraTS, else the first 3)")
+    ct_window: tuple[float, float] = (-125.0, 275.0)
+    mri_percentiles: tuple[float, float] = (0.5, 99.5)
+    shard_size: PositiveInt = Field(512, description="slices per dataset shard")
+    workers: int = Field(0, ge=0, description="preprocess processes; 0 = one per CPU core (at most 8)")
+    on_error: Literal["fail", "skip"] = Field("fail", description="a bad case stops the run, or is skipped and "
+                                                                  "reported")
     phantom: PhantomConfig = PhantomConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
-        if self.source == "nnunet" and not self.path:
-            raise ValueError("data.path is required when data.source is 'nnunet'")
         if self.image_size % 4:
             raise ValueError(f"image_size {self.image_size} must be divisible by the AE factor 4")
+        if any(f < 0 for f in self.split) or self.split[0] <= 0 or self.split[1] <= 0:
+            raise ValueError(f"data.split {list(self.split)}: train and val fractions must be > 0, test >= 0")
+        if self.ct_window[1] <= self.ct_window[0]:
+            raise ValueError(f"data.ct_window {list(self.ct_window)} must be [low, high] with low < high")
+        lo, hi = self.mri_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"data.mri_percentiles {[lo, hi]} must satisfy 0 <= low < high <= 100")
+        if self.channels is not None and not 1 <= len(self.channels) <= 3:
+            raise ValueError("data.channels: give 1 to 3 channel names")
         return self
 
 
@@ -186,21 +210,42 @@ def parse_config(data: Any, where: str = "<config>", overrides: list[str] | None
         raise AugPaintError(_format_errors(err, where)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> AugPaintConfig:
-    """Load and validate a YAML preset.
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
-    Args:
-        path: YAML file.
-        overrides: ``key.path=value`` strings applied before validation.
-    """
-    p = Path(path)
+
+def _read_yaml(p: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A YAML preset; ``extends: other.yaml`` (relative to it) is loaded first and overridden."""
     if not p.is_file():
-        raise AugPaintError(f"{p}: config file not found")
+        raise AugPaintError(f"{p}: config file not found" + (f" (extended by {chain[-1]})" if chain else ""))
+    if p.resolve() in chain:
+        raise AugPaintError(f"{p}: 'extends' loops back to itself")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
         raise AugPaintError(f"{p}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_config(data, str(p), overrides)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise AugPaintError(f"{p}: the config must be a YAML mapping, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _merge(_read_yaml(p.parent / str(parent), chain + (p.resolve(),)), data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> AugPaintConfig:
+    """Load and validate a YAML preset.
+
+    Args:
+        path: YAML file; it may name a base preset with ``extends: paper.yaml``.
+        overrides: ``key.path=value`` strings applied before validation.
+    """
+    p = Path(path)
+    return parse_config(_read_yaml(p), str(p), overrides)
 
 
 def config_from_yaml_text(text: str, overrides: list[str] | None = None) -> AugPaintConfig:

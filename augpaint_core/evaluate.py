@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import atomic_dir, load_dataset, write_artifact_meta
+from .artifacts import atomic_dir, write_artifact_meta
+from .dataset import load_dataset
 from .config import AugPaintConfig
 from .errors import AugPaintError
-from .metrics import CONVENTION, case_metrics
+from .metrics import CONVENTION, case_metrics, region_metrics
 from .models import load_segmenter
 from .train_seg import predict
 
@@ -28,11 +29,13 @@ def evaluate_model(model_path: str | Path, dataset, split: str = "test") -> dict
     by_case: dict[str, list[int]] = defaultdict(list)
     for k, i in enumerate(idx):
         by_case[dataset.records[i]["case_id"]].append(k)
-    per_case = {}
+    per_case, per_case_region = {}, {}
     for case, ks in sorted(by_case.items()):
         ks = sorted(ks, key=lambda k: dataset.records[idx[k]]["slice_index"])
         gt = dataset.labels[idx[ks]]
         per_case[case] = case_metrics(pred[ks], gt, dataset.num_classes)
+        if dataset.regions:
+            per_case_region[case] = region_metrics(pred[ks], gt, dataset.regions)
     out = {"per_class": {}, "per_case": {c: {dataset.class_names[k - 1]: v for k, v in m.items()}
                                           for c, m in per_case.items()}}
     for k, name in enumerate(dataset.class_names, start=1):
@@ -42,6 +45,11 @@ def evaluate_model(model_path: str | Path, dataset, split: str = "test") -> dict
                                   "hd95": float(np.mean(h)), "hd95_std": float(np.std(h))}
     out["mean"] = {"dice": float(np.mean([v["dice"] for v in out["per_class"].values()])),
                    "hd95": float(np.mean([v["hd95"] for v in out["per_class"].values()]))}
+    if dataset.regions:  # BraTS WT/TC/ET: unions of classes, scored like classes
+        out["per_region"] = {
+            name: {"dice": float(np.mean([m[name]["dice"] for m in per_case_region.values()])),
+                   "hd95": float(np.mean([m[name]["hd95"] for m in per_case_region.values()]))}
+            for name in dataset.regions}
     out["num_cases"] = len(per_case)
     return out
 
@@ -77,6 +85,12 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
     results = {"baseline": evaluate_model(baseline, ds), "augpaint": evaluate_model(augpaint, ds)}
     gain = 100 * (results["augpaint"]["mean"]["dice"] - results["baseline"]["mean"]["dice"])
     table = markdown_table(results, ds.class_names)
+    if ds.regions:
+        regions = {k: {"per_class": r["per_region"], "mean": {
+            "dice": float(np.mean([v["dice"] for v in r["per_region"].values()])),
+            "hd95": float(np.mean([v["hd95"] for v in r["per_region"].values()]))}} for k, r in results.items()}
+        table += "\n\nEvaluation regions (" + ", ".join(f"{k} = {v}" for k, v in ds.regions.items()) + "):\n\n" + \
+            markdown_table(regions, list(ds.regions))
     test_cases = sorted(results["baseline"]["per_case"])
     md = (f"# AugPaint evaluation: {cfg.name}\n\nTest split: {len(test_cases)} cases ({', '.join(test_cases)}), "
           f"the same for both models. Labeled training cases: {cfg.data.num_labeled}.\n\n{table}\n\n"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import SliceDataset, atomic_dir, load_dataset, save_dataset, write_artifact_meta
+from .artifacts import atomic_dir, write_artifact_meta
+from .dataset import load_dataset, save_dataset
 from .config import AugPaintConfig
 from .errors import AugPaintError
 from .train_seg import fit_segmenter, labeled_train, predict_proba
@@ -67,7 +68,7 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
     kept_set = set(keep.tolist())
     table = [{"index": i, "score": float(s), "kept": i in kept_set} for i, s in enumerate(scores)]
     with atomic_dir(out, force=force) as tmp:
-        save_dataset(SliceDataset(kept.images, kept.labels, kept.records, kept.class_names), tmp)
+        save_dataset(kept, tmp)
         (tmp / "scores.json").write_text(json.dumps(table))
         write_artifact_meta(tmp, kind="dataset", stage="filter", config=cfg.model_dump(mode="json"),
                             seed=cfg.seed, inputs={"dataset": dataset, "synthetic": synthetic},

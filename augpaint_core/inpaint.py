@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import SliceDataset, atomic_dir, load_dataset, read_artifact_meta, save_dataset, write_artifact_meta
+from .artifacts import atomic_dir, read_artifact_meta, write_artifact_meta
+from .dataset import SliceDataset, load_dataset, save_dataset
 from .config import AugPaintConfig
 from .errors import AugPaintError
 from .models import AE_FACTOR, ddim_from, load_ldm, load_vqmodel, seed_everything, to_tensor, to_uint8
@@ -189,7 +190,7 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, ldm_p
         labels.append(np.stack(ys))
         if tracker:
             tracker.log_metrics({"inpaint_done": b + len(chunk)}, step=b)
-    syn = SliceDataset(np.concatenate(images), np.concatenate(labels), records, ds.class_names)
+    syn = SliceDataset(np.concatenate(images), np.concatenate(labels), records, ds.class_names, ds.regions)
     grid = inpaint_grid(ds, syn, src[:4], icfg.samples_per_pair)
     with atomic_dir(out, force=force) as tmp:
         save_dataset(syn, tmp)

@@ -49,3 +49,13 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, num_classes: int, spacing: Se
     """Per-class Dice and HD95 for one case (labels 1..num_classes-1)."""
     return {c: {"dice": dice(pred == c, gt == c), "hd95": hd95(pred == c, gt == c, spacing)}
             for c in range(1, num_classes)}
+
+
+def region_metrics(pred: np.ndarray, gt: np.ndarray, regions: dict[str, list[int]],
+                   spacing: Sequence[float] | None = None) -> dict[str, dict[str, float]]:
+    """Dice and HD95 of class unions for one case, e.g. BraTS WT = {1,2,3}, TC = {2,3}, ET = {3}."""
+    out = {}
+    for name, classes in regions.items():
+        p, g = np.isin(pred, classes), np.isin(gt, classes)
+        out[name] = {"dice": dice(p, g), "hd95": hd95(p, g, spacing)}
+    return out

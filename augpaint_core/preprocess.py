@@ -1,239 +1,277 @@
-"""Preprocess: nnU-Net v2 raw folder (or the built-in phantom) -> 2D slice dataset.
+"""Preprocess: a raw dataset (any format in ``augpaint_core.ingest``, or the phantom) -> sharded slice dataset.
 
-Volumes are reoriented to RAS, sliced along the axis with the coarsest spacing,
-normalised per channel (CT window or MRI percentile clipping), resized to
-``image_size`` (bilinear images, nearest labels) and made 3-channel. Splits are
-by patient; ``num_labeled`` training patients keep their labels, the rest of the
-training split becomes unlabeled.
+Cases are read in parallel worker processes and streamed into shards in a fixed
+order, so the output does not depend on the number of workers and memory stays
+at a few cases plus one shard, however many volumes there are. Splits are by
+patient with the fractions of ``data.split`` (an official test set, as ISIC's,
+replaces the test fraction); the first ``num_labeled`` training patients of the
+seeded order that read cleanly keep their labels, the other training patients
+become unlabeled data (their labels are not stored).
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
+import logging
+import multiprocessing as mp
+import os
 import tempfile
+import time
 import zlib
+from collections import deque
 from pathlib import Path
+from typing import Iterator
 
-import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .artifacts import SliceDataset, atomic_dir, save_dataset, write_artifact_meta
+from .artifacts import atomic_dir, write_artifact_meta
 from .config import AugPaintConfig
+from .dataset import DatasetWriter
 from .errors import AugPaintError
+from .ingest import Case, Problem, Source, read_case, scan
 from .phantom import write_phantom
 
-CT_WINDOW = (-125.0, 275.0)
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
 
 
-def _load_nifti(path: Path) -> nib.Nifti1Image:
-    try:
-        img = nib.load(str(path))
-        img = nib.as_closest_canonical(img)
-        img.get_fdata(dtype=np.float32)  # force a full read: truncated gzip fails here, not later
-        return img
-    except AugPaintError:
-        raise
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise AugPaintError(f"{path}: cannot read NIfTI ({type(err).__name__}: {err})") from None
-
-
-def _normalise(vol: np.ndarray, channel_name: str) -> np.ndarray:
-    """Map intensities to [0, 1]: CT window for CT, 0.5-99.5 percentile clipping otherwise."""
-    if channel_name.strip().upper() == "CT":
-        lo, hi = CT_WINDOW
-    else:
-        lo, hi = np.percentile(vol, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros_like(vol, dtype=np.float32)
-    return np.clip((vol - lo) / (hi - lo), 0, 1).astype(np.float32)
-
-
-def _resize(slices: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, size, size)."""
-    t = torch.from_numpy(np.ascontiguousarray(slices))
-    if mode == "nearest":
-        return F.interpolate(t.float(), size=(size, size), mode="nearest-exact").numpy()
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True).numpy()
-
-
-def read_nnunet_case(root: Path, case: str, meta: dict, label_path: Path | None, size: int
-                     ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Read one case to slices.
-
-    Returns:
-        images (S, size, size, 3) uint8, labels (S, size, size) uint8, has_label.
-    """
-    ending = meta.get("file_ending", ".nii.gz")
-    channels = meta["channel_names"]
-    vols, ref = [], None
-    for idx in sorted(channels, key=int):
-        p = root / "imagesTr" / f"{case}_{int(idx):04d}{ending}"
-        if not p.is_file():
-            raise AugPaintError(f"{p}: image channel {idx} ({channels[idx]}) is missing")
-        img = _load_nifti(p)
-        data = img.get_fdata(dtype=np.float32)
-        if data.ndim != 3:
-            raise AugPaintError(f"{p}: expected a 3D volume, got shape {data.shape}")
-        if ref is None:
-            ref = img
-        elif data.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
-            raise AugPaintError(f"{p}: shape/affine differ from channel 0 ({data.shape} vs {ref.shape})")
-        vols.append(_normalise(data, channels[idx]))
-    assert ref is not None
-    if label_path is not None:
-        limg = _load_nifti(label_path)
-        lab = np.asarray(limg.dataobj)
-        if lab.ndim != 3:
-            raise AugPaintError(f"{label_path}: expected a 3D label volume, got shape {lab.shape}")
-        if lab.shape != ref.shape:
-            raise AugPaintError(f"{label_path}: label shape {lab.shape} differs from image shape {ref.shape}")
-        if not np.allclose(limg.affine, ref.affine, atol=1e-3):
-            raise AugPaintError(f"{label_path}: label affine differs from the image's")
-        allowed = {int(v) for v in meta["labels"].values()}
-        found = {int(v) for v in np.unique(lab)}
-        if not np.allclose(lab, np.round(lab)) or not found <= allowed:
-            raise AugPaintError(f"{label_path}: label values {sorted(found - allowed)} not in dataset.json labels "
-                                f"{sorted(allowed)}")
-        if found <= {0}:
-            raise AugPaintError(f"{label_path}: label has no foreground")
-        lab = lab.astype(np.uint8)
-    else:
-        lab = np.zeros(ref.shape, np.uint8)
-    # Slice along the coarsest axis (after reorientation to RAS).
-    axis = int(np.argmax(ref.header.get_zooms()[:3]))
-    img = np.stack(vols, 0)  # (C, X, Y, Z)
-    img = np.moveaxis(img, axis + 1, 0)  # (S, C, a, b)
-    lab = np.moveaxis(lab, axis, 0)[:, None]  # (S, 1, a, b)
-    img = _resize(img, size, "bilinear")
-    lab = _resize(lab, size, "nearest")[:, 0].astype(np.uint8)
-    c = img.shape[1]
-    if c == 1:
-        img = np.repeat(img, 3, 1)
-    elif c == 2:
-        img = np.concatenate([img, img[:, :1]], 1)
-    else:
-        img = img[:, :3]
-    img = np.clip(np.round(img * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    return img, lab, label_path is not None
-
-
-def split_cases(labeled_cases: list[str], fractions: tuple[float, float, float], num_labeled: int, seed: int
-                ) -> dict[str, tuple[str, bool]]:
+def split_patients(patients: list[str], fractions: tuple[float, float, float], seed: int,
+                   fixed_test: bool = False) -> tuple[dict[str, str], list[str]]:
     """Patient-level split.
 
+    Args:
+        patients: split units (patients; images for 2D data).
+        fractions: train:val:test weights.
+        seed: split seed.
+        fixed_test: the dataset has its own test set; split only train:val.
+
     Returns:
-        case -> (split, keeps_label). Exactly ``num_labeled`` train cases keep their label.
+        patient -> split, and the seeded order of the training patients (the
+        first ones that read cleanly become the labeled ones).
     """
-    cases = sorted(labeled_cases)
+    ids = sorted(set(patients))
     rng = np.random.default_rng([seed, zlib.crc32(b"split")])
-    order = [cases[i] for i in rng.permutation(len(cases))]
-    total = sum(fractions)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    f_train, f_val, f_test = fractions
+    if fixed_test:
+        f_test = 0.0
+    total = f_train + f_val + f_test
     n = len(order)
-    n_val = max(1, int(round(n * fractions[1] / total)))
-    n_test = max(1, int(round(n * fractions[2] / total)))
+    n_val = max(1, int(round(n * f_val / total)))
+    n_test = max(1, int(round(n * f_test / total))) if f_test > 0 else 0
+    if n - n_val - n_test < 1:
+        raise AugPaintError(f"data.split: {n} labeled patients are too few for a {list(fractions)} split")
     n_train = n - n_val - n_test
-    if n_train < num_labeled:
-        raise AugPaintError(f"data.num_labeled: {num_labeled} labeled cases requested but the training split has "
-                            f"only {max(n_train, 0)} of {n} cases")
-    out = {}
-    for i, c in enumerate(order):
-        if i < n_train:
-            out[c] = ("train", i < num_labeled)
-        elif i < n_train + n_val:
-            out[c] = ("val", True)
-        else:
-            out[c] = ("test", True)
-    return out
+    out = {p: "train" for p in order[:n_train]}
+    out.update({p: "val" for p in order[n_train:n_train + n_val]})
+    out.update({p: "test" for p in order[n_train + n_val:]})
+    return out, order[:n_train]
 
 
-def build_dataset(root: str | Path, cfg: AugPaintConfig) -> SliceDataset:
-    """Read an nnU-Net v2 raw folder into a split slice dataset.
+def _read_job(job: tuple[str, Case, dict, int]) -> tuple[str, object]:
+    """Worker entry: ("ok", (images, labels)) or ("error", message naming the file)."""
+    fmt, case, reader, size = job
+    try:
+        return "ok", read_case(fmt, case, reader, size)
+    except AugPaintError as err:
+        return "error", str(err)
+    except Exception as err:  # an unexpected failure still names the case's files
+        files = ", ".join(case.images + ((case.label,) if case.label else ()))
+        return "error", f"{files}: {type(err).__name__}: {err}"
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
+
+
+def _ordered_results(jobs: list[tuple], workers: int) -> Iterator[tuple[str, object]]:
+    """Results in job order, with at most 2 x workers cases in flight (bounded memory)."""
+    if workers <= 1:
+        for j in jobs:
+            yield _read_job(j)
+        return
+    ctx = mp.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        pending: deque = deque()
+        it = iter(jobs)
+        try:
+            for j in it:
+                pending.append(pool.submit(_read_job, j))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def num_workers(requested: int, num_jobs: int) -> int:
+    """``requested``, or for 0 one process per core (at most 8); tiny datasets are not worth the start-up."""
+    if requested > 0:
+        return requested
+    return 1 if num_jobs < 16 else max(1, min(8, os.cpu_count() or 1))
+
+
+def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers: int = 0, progress: bool = False
+                  ) -> dict:
+    """Read every case of ``source`` and stream the slices into a dataset folder.
 
     Args:
-        root: folder with ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
-        cfg: the config (``data`` section and ``seed`` are used).
+        source: what an adapter found (``ingest.scan``).
+        cfg: config (``data`` section; ``data.split_seed`` or ``seed`` seeds the split).
+        folder: output folder (the stage's temporary artifact folder).
+        workers: reader processes; 1 reads in this process, 0 picks by core and case count.
+        progress: show a progress bar (the CLI does).
+
+    Returns:
+        a report: counts, labeled cases, skipped files, timing.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise AugPaintError(f"{root}: dataset folder not found")
-    dj = root / "dataset.json"
-    if not dj.is_file():
-        raise AugPaintError(f"{dj}: missing (an nnU-Net v2 raw dataset needs dataset.json)")
+    d = cfg.data
+    seed = cfg.seed if d.split_seed is None else d.split_seed
+    skipped: list[dict] = []
+
+    def problem(p: Problem) -> None:
+        if d.on_error == "fail":
+            raise AugPaintError(p.error + " (data.on_error=skip would skip it and go on)")
+        log.warning("skipping %s", p.error)
+        skipped.append({"case_id": p.case_id, "file": p.file, "error": p.error})
+
+    for p in source.problems:
+        problem(p)
+    labeled = [c for c in source.cases if c.label is not None]
+    fixed = {c.patient_id: c.fixed_split for c in labeled if c.fixed_split}
+    free = sorted({c.patient_id for c in labeled} - set(fixed))
+    if not free:
+        raise AugPaintError(f"{source.root}: no labeled cases to split")
+    split, train_order = split_patients(free, d.split, seed, fixed_test=bool(fixed))
+    split.update(fixed)
+    if len(train_order) < d.num_labeled:
+        raise AugPaintError(f"data.num_labeled: {d.num_labeled} labeled cases requested but the training split has "
+                            f"only {len(train_order)} of {len(free) + len(fixed)} labeled cases")
+    rank = {p: i for i, p in enumerate(train_order)}
+    order = {"train": 0, "val": 1, "test": 2}
+    labeled.sort(key=lambda c: (order[split[c.patient_id]], rank.get(c.patient_id, 0), c.patient_id, c.case_id))
+    unlabeled = sorted((c for c in source.cases if c.label is None), key=lambda c: c.case_id)
+    jobs = [(source.format, c, source.reader, d.image_size) for c in labeled + unlabeled]
+    workers = num_workers(workers, len(jobs))
+
+    writer = DatasetWriter(folder, source.class_names, d.image_size, shard_size=d.shard_size, regions=source.regions,
+                           info={"dataset": source.name, "format": source.format})
+    kept_patients: list[str] = []
+    done_cases: list[str] = []
+    t0 = time.perf_counter()
+    bar = None
+    results = _ordered_results(jobs, workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), unit="case", desc="preprocess", dynamic_ncols=True, disable=None)  # no TTY, no bar
     try:
-        meta = json.loads(dj.read_text())
-        channels, labels = meta["channel_names"], meta["labels"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise AugPaintError(f"{dj}: invalid dataset.json ({type(err).__name__}: {err})") from None
-    ending = meta.get("file_ending", ".nii.gz")
-    if ending not in (".nii.gz", ".nii"):
-        raise AugPaintError(f"{dj}: file_ending {ending!r} is not supported yet (NIfTI only)")
-    if not (root / "labelsTr").is_dir():
-        raise AugPaintError(f"{root / 'labelsTr'}: missing; the dataset has no labels")
-    label_files = {p.name[: -len(ending)]: p for p in sorted((root / "labelsTr").glob(f"*{ending}"))}
-    if not label_files:
-        raise AugPaintError(f"{root / 'labelsTr'}: no label files ending in {ending}")
-    image_cases = {p.name[: -len(ending) - 5] for p in (root / "imagesTr").glob(f"*_0000{ending}")}
-    if not image_cases:
-        raise AugPaintError(f"{root / 'imagesTr'}: no images named CASE_0000{ending}")
-    missing = sorted(set(label_files) - image_cases)
+        for (_, case, _, _), (status, payload) in zip(jobs, results):
+            if bar:
+                bar.update(1)
+            if status == "error":
+                problem(Problem(case.label or case.images[0], case.case_id, str(payload)))
+                continue
+            images, labels = payload  # type: ignore[misc]
+            if case.label is None:
+                sp, keep = "train", False
+            else:
+                sp = split[case.patient_id]
+                keep = True
+                if sp == "train":
+                    if case.patient_id not in kept_patients and len(kept_patients) < d.num_labeled:
+                        kept_patients.append(case.patient_id)
+                    keep = case.patient_id in kept_patients
+            if not keep:
+                labels = np.zeros_like(labels)  # the labels of S^u are not stored at all
+            prov = {"dataset": source.name, "format": source.format, "files": [Path(f).name for f in case.images],
+                    "label_file": Path(case.label).name if case.label else None, **dict(case.params)}
+            writer.add(images, labels, [{"case_id": case.case_id, "patient_id": case.patient_id, "slice_index": s,
+                                         "split": sp, "labeled": keep, "source": "real", "provenance": prov}
+                                        for s in range(len(images))])
+            done_cases.append(case.case_id)
+    finally:
+        results.close()  # on an error: cancel queued cases and stop the workers now
+        if bar:
+            bar.close()
+    if len(kept_patients) < d.num_labeled:
+        raise AugPaintError(f"data.num_labeled: only {len(kept_patients)} of the {d.num_labeled} requested labeled "
+                            f"training cases could be read ({len(skipped)} skipped)")
+    missing = [s for s in SPLITS if not any(r["split"] == s for r in writer.records)]
     if missing:
-        raise AugPaintError(f"{label_files[missing[0]]}: label without image {missing[0]}_0000{ending}")
-    fg = sorted((k, int(v)) for k, v in labels.items() if int(v) != 0)
-    class_names = [k for k, _ in sorted(fg, key=lambda kv: kv[1])]
-    if [v for _, v in sorted(fg, key=lambda kv: kv[1])] != list(range(1, len(fg) + 1)):
-        raise AugPaintError(f"{dj}: labels must be 0..K consecutive, got {labels}")
-
-    assignment = split_cases(list(label_files), cfg.data.split, cfg.data.num_labeled, cfg.seed)
-    for c in sorted(image_cases - set(label_files)):  # images without labels: extra unlabeled data
-        assignment[c] = ("train", False)
-    images, labs, records = [], [], []
-    for case in sorted(assignment):
-        split, keep = assignment[case]
-        img, lab, has_label = read_nnunet_case(root, case, meta, label_files.get(case), cfg.data.image_size)
-        if not keep:
-            lab = np.zeros_like(lab)  # hide the labels of S^u
-        for s in range(img.shape[0]):
-            records.append({"case_id": case, "slice_index": s, "split": split,
-                            "labeled": bool(keep and has_label), "source": "real",
-                            "provenance": {"dataset": meta.get("name", root.name)}})
-        images.append(img)
-        labs.append(lab)
-    return SliceDataset(np.concatenate(images), np.concatenate(labs), records, class_names)
+        raise AugPaintError(f"{source.root}: after skipping bad cases the {'/'.join(missing)} split is empty")
+    manifest = writer.close()
+    seconds = time.perf_counter() - t0
+    recs = manifest["records"]
+    report = {
+        "format": source.format, "dataset": source.name, "root": source.root, "workers": workers,
+        "cases_read": len(done_cases), "cases_skipped": len({s["case_id"] for s in skipped}), "skipped": skipped,
+        "num_slices": len(recs), "seconds": round(seconds, 3), "slices_per_s": round(len(recs) / max(seconds, 1e-9), 2),
+        "labeled_patients": kept_patients,
+        "patients": {s: sorted({r["patient_id"] for r in recs if r["split"] == s}) for s in SPLITS},
+        "slice_counts": {f"{s}_{'labeled' if lab else 'unlabeled'}":
+                         sum(r["split"] == s and r["labeled"] == lab for r in recs)
+                         for s in SPLITS for lab in (True, False)},
+    }
+    return report
 
 
-def preprocess(cfg: AugPaintConfig, out: str | Path, input_dir: str | Path | None = None, *,
-               force: bool = False, tracker=None) -> Path:
+def _source(cfg: AugPaintConfig, input_dir: str | Path | None, fmt: str | None, scratch: Path) -> Source:
+    """Scan the input (a folder, an s3:// prefix or, with neither, a freshly written phantom)."""
+    from . import storage
+
+    src = input_dir if input_dir is not None else cfg.data.path
+    fmt = fmt or cfg.data.format
+    if src is None:
+        if fmt != "auto":
+            raise AugPaintError(f"data.format is {fmt!r} but no raw data was given: pass --in DIR or set data.path "
+                                f"(the built-in phantom is used only with data.format auto)")
+        p = cfg.data.phantom
+        src = write_phantom(scratch / "phantom", seed=cfg.seed, num_cases=p.num_cases, slices=p.slices_per_case,
+                            size=p.size)
+        fmt = "nnunet"
+    elif storage.is_s3(str(src)):
+        src = storage.download_dir(str(src), scratch / "raw")
+    source = scan(src, fmt, cfg.data.channels)
+    source.reader.update(ct_window=list(cfg.data.ct_window), mri_percentiles=list(cfg.data.mri_percentiles))
+    return source
+
+
+def preprocess(cfg: AugPaintConfig, out: str | Path, input_dir: str | Path | None = None, *, fmt: str | None = None,
+               workers: int | None = None, progress: bool = False, force: bool = False, tracker=None) -> Path:
     """Stage 1: build the slice dataset artifact.
 
     Args:
-        cfg: config; ``data.source`` picks the phantom or an nnU-Net folder.
+        cfg: config; ``data.path`` / ``data.format`` name the raw data (unset: the built-in phantom).
         out: output artifact folder.
-        input_dir: nnU-Net folder; overrides ``data.path``.
+        input_dir: raw dataset folder or ``s3://`` prefix; overrides ``data.path``.
+        fmt: raw format or ``auto``; overrides ``data.format``.
+        workers: reader processes; overrides ``data.workers`` (0 = one per core, at most 8).
+        progress: show a progress bar.
         force: replace an existing output.
         tracker: optional MLflow stage tracker.
     """
     out = Path(out)
-    with atomic_dir(out, force=force) as tmp:
-        if input_dir is None and cfg.data.source == "phantom":
-            with tempfile.TemporaryDirectory() as raw:
-                p = cfg.data.phantom
-                write_phantom(raw, seed=cfg.seed, num_cases=p.num_cases, slices=p.slices_per_case, size=p.size)
-                ds = build_dataset(raw, cfg)
-            source = "phantom"
-        else:
-            src = input_dir or cfg.data.path
-            ds = build_dataset(src, cfg)
-            source = str(src)
-        save_dataset(ds, tmp)
-        counts = {f"{s}_{'labeled' if l else 'unlabeled'}": int(sum(r["split"] == s and r["labeled"] == l
-                                                                    for r in ds.records))
-                  for s in ("train", "val", "test") for l in (True, False)}
-        cases = {s: sorted({r["case_id"] for r in ds.records if r["split"] == s}) for s in ("train", "val", "test")}
-        labeled_cases = sorted({r["case_id"] for r in ds.records if r["labeled"] and r["split"] == "train"})
+    with tempfile.TemporaryDirectory() as scratch, atomic_dir(out, force=force) as tmp:
+        source = _source(cfg, input_dir, fmt, Path(scratch))
+        report = build_dataset(source, cfg, tmp, workers=cfg.data.workers if workers is None else workers,
+                               progress=progress)
+        (tmp / "preprocess_report.json").write_text(json.dumps(report, indent=1))
+        raw = "phantom" if input_dir is None and cfg.data.path is None else str(input_dir or cfg.data.path)
         write_artifact_meta(tmp, kind="dataset", stage="preprocess", config=cfg.model_dump(mode="json"),
-                            seed=cfg.seed, extra={"source": source, "slice_counts": counts, "cases": cases,
-                                                  "labeled_cases": labeled_cases, "class_names": ds.class_names})
-        if tracker:
-            tracker.log_metrics({f"slices_{k}": v for k, v in counts.items()})
+                            seed=cfg.seed, extra={"source": raw, "format": source.format,
+                                                  "slice_counts": report["slice_counts"],
+                                                  "patients": report["patients"],
+                                                  "labeled_cases": report["labeled_patients"],
+                                                  "class_names": source.class_names, "regions": source.regions,
+                                                  "skipped": report["skipped"]})
+    if report["skipped"]:
+        log.warning("preprocess skipped %d case(s); see %s", report["cases_skipped"], out / "preprocess_report.json")
+    if tracker:
+        tracker.log_metrics({f"slices_{k}": v for k, v in report["slice_counts"].items()} |
+                            {"cases_skipped": report["cases_skipped"], "slices_per_s": report["slices_per_s"]})
     return out

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import atomic_dir, load_dataset, write_artifact_meta
+from .artifacts import atomic_dir, write_artifact_meta
+from .dataset import load_dataset
 from .config import AugPaintConfig
 from .errors import AugPaintError
 from .models import (AE_FACTOR, batches, build_vqmodel, num_steps, seed_everything, to_tensor, to_uint8)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .artifacts import atomic_dir, load_dataset, read_artifact_meta, write_artifact_meta
+from .artifacts import atomic_dir, read_artifact_meta, write_artifact_meta
+from .dataset import load_dataset
 from .config import AugPaintConfig
 from .errors import AugPaintError
 from .models import (AE_FACTOR, batches, build_train_scheduler, build_unet, ddim_from, load_vqmodel, num_steps,

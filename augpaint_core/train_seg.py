@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from .artifacts import SliceDataset, atomic_dir, load_dataset, write_artifact_meta
+from .artifacts import atomic_dir, write_artifact_meta
+from .dataset import SliceDataset, load_dataset
 from .config import AugPaintConfig, SegConfig
 from .errors import AugPaintError
 from .metrics import dice

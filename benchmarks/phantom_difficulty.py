@@ -17,7 +17,8 @@ import numpy as np
 
 from augpaint_core.config import load_config
 from augpaint_core.evaluate import evaluate_model
-from augpaint_core.artifacts import load_dataset, read_artifact_meta
+from augpaint_core.artifacts import read_artifact_meta
+from augpaint_core.dataset import load_dataset
 from augpaint_core.preprocess import preprocess
 from augpaint_core.train_seg import train_seg
 
@@ -34,7 +35,7 @@ def main() -> None:
         # "all" = every training case; the split decides how many that is.
         probe = base.model_copy(deep=True)
         probe.data.num_labeled = 1
-        n_train = len(read_artifact_meta(preprocess(probe, Path(tmp) / "probe"))["cases"]["train"])
+        n_train = len(read_artifact_meta(preprocess(probe, Path(tmp) / "probe"))["patients"]["train"])
         counts = [n_train if k == "all" else int(k) for k in args.labeled.split(",")]
         results: dict[int, list[float]] = {k: [] for k in counts}
         for split in range(args.splits):

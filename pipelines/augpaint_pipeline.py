@@ -21,7 +21,8 @@ def augpaint_pipeline(config_yaml: str, tracking_uri: str = "", experiment: str 
         config_yaml: the full AugPaint config as YAML text (a preset from configs/, e.g. demo.yaml or paper.yaml).
         tracking_uri: MLflow tracking URI; empty uses $MLFLOW_TRACKING_URI or sqlite:///mlflow.db; 'none' disables.
         experiment: MLflow experiment name for the parent run.
-        input_dir: nnU-Net v2 raw dataset folder; empty uses data.source from the config.
+        input_dir: raw dataset folder or s3:// prefix (nnU-Net v2, MSD, ACDC, Synapse or ISIC 2018 layout,
+            auto-detected unless data.format says otherwise); empty uses data.path, else the built-in phantom.
         data_version: a label for the input data; change it when the data changes so cached steps rerun.
         kfp_ui_url: KFP UI base URL, used to link the MLflow run back to this pipeline run.
     """

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from augpaint_core.config import AugPaintConfig, parse_config
+from tests.services import s3_bucket, s3_server  # noqa: F401  (real weed mini S3 fixtures)
 
 TINY = {
     "name": "tiny",
     "seed": 0,
-    "data": {"source": "phantom", "image_size": 32, "num_labeled": 1,
+    "data": {"image_size": 32, "num_labeled": 1, "workers": 1,
              "phantom": {"num_cases": 8, "slices_per_case": 4, "size": 48}},
     "ae": {"block_channels": [8, 16, 16], "layers_per_block": 1, "num_embeddings": 32, "max_steps": 3,
            "batch_size": 4, "lr": 1.0e-3},

@@ -67,4 +67,4 @@ def test_incomplete_artifact_is_refused(tmp_path, capsys):
     rc = main(["train-ae", "--config", str(cfg), "--in", str(tmp_path / "half"), "--out", str(tmp_path / "o"),
                "--tracking-uri", "none"])
     assert rc == 2
-    assert "not a complete artifact" in _one_line_error(capsys)
+    assert "not a complete dataset artifact" in _one_line_error(capsys)

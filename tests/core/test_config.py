@@ -44,6 +44,11 @@ def test_negative_step_count_names_the_field(tmp_path):
     (("ae", "block_channels"), [8, 16], "ae.block_channels"),
     (("ldm", "attention"), [True], "ldm.attention"),
     (("seg", "bogus"), 1, "seg.bogus"),
+    (("data", "format"), "dicom", "data.format"),
+    (("data", "split"), [0.7, 0.0, 0.3], "data.split"),
+    (("data", "ct_window"), [275, -125], "data.ct_window"),
+    (("data", "channels"), ["a", "b", "c", "d"], "data.channels"),
+    (("data", "on_error"), "ignore", "data.on_error"),
 ])
 def test_invalid_values_name_the_field(path, value, field):
     d = tiny_dict()
@@ -66,3 +71,30 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(AugPaintError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_dataset_presets_extend_the_paper_preset():
+    paper = load_config(REPO / "configs" / "paper.yaml")
+    want = {"acdc": ("acdc", (0.7, 0.15, 0.15)), "brats": ("msd", (0.9, 0.05, 0.05)),
+            "synapse": ("synapse", (2, 1, 1)), "isic": ("isic", (0.8, 0.2, 0.0))}
+    for name, (fmt, split) in want.items():
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
+        assert (cfg.data.format, tuple(cfg.data.split), cfg.name) == (fmt, split, name)
+        assert cfg.ldm == paper.ldm and cfg.seg == paper.seg  # the paper's models, inherited
+        assert cfg.inpaint.mask_flip == (name == "brats")  # paper Table 4: flipping for BraTS
+    assert load_config(REPO / "configs" / "isic.yaml").data.num_labeled == 10
+    assert load_config(REPO / "configs" / "brats.yaml").data.channels == ["FLAIR"]
+
+
+def test_extends_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(AugPaintError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(AugPaintError, match="missing.yaml: config file not found .extended by"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("seed: 4\ndata: {image_size: 64}\n")
+    (tmp_path / "e.yaml").write_text("extends: d.yaml\ndata: {num_labeled: 3}\n")
+    cfg = load_config(tmp_path / "e.yaml")
+    assert (cfg.seed, cfg.data.image_size, cfg.data.num_labeled) == (4, 64, 3)

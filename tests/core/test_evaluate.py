@@ -1,6 +1,6 @@
 import json
 
-from augpaint_core.artifacts import load_dataset
+from augpaint_core.dataset import load_dataset
 
 
 def test_report_compares_both_models_on_the_same_test_split(pipeline_artifacts):
@@ -19,3 +19,13 @@ def test_report_compares_both_models_on_the_same_test_split(pipeline_artifacts):
     gain = 100 * (m["augpaint"]["mean"]["dice"] - m["baseline"]["mean"]["dice"])
     assert abs(gain - m["dice_gain_points"]) < 1e-9
     assert "HD95" in md and "Convention" in md
+
+
+def test_regions_are_scored_like_class_unions(pipeline_artifacts, tmp_path):
+    from augpaint_core.evaluate import evaluate_model
+
+    ds = load_dataset(pipeline_artifacts["dataset"])
+    ds.regions = {"LV only": [3], "heart": [1, 2, 3]}
+    r = evaluate_model(pipeline_artifacts["baseline"], ds)
+    assert r["per_region"]["LV only"] == {k: r["per_class"]["LV"][k] for k in ("dice", "hd95")}
+    assert set(r["per_region"]) == {"LV only", "heart"} and 0.0 <= r["per_region"]["heart"]["dice"] <= 1.0

@@ -2,7 +2,8 @@ import json
 
 import numpy as np
 
-from augpaint_core.artifacts import load_dataset, read_artifact_meta
+from augpaint_core.artifacts import read_artifact_meta
+from augpaint_core.dataset import load_dataset
 from augpaint_core.filter import confidence_scores, top_fraction
 
 

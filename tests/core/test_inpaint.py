@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from augpaint_core.artifacts import load_dataset, read_artifact_meta
+from augpaint_core.artifacts import read_artifact_meta
+from augpaint_core.dataset import load_dataset
 from augpaint_core.errors import AugPaintError
 from augpaint_core.inpaint import augpaint_sample, box_mask, inpaint
 from augpaint_core.models import load_ldm, load_vqmodel, to_tensor
@@ -91,11 +92,12 @@ def test_no_foreground_anywhere_is_a_clear_error(pipeline_artifacts, tmp_path):
     import json
     import shutil
 
-    from augpaint_core.artifacts import save_dataset, write_artifact_meta
+    from augpaint_core.artifacts import write_artifact_meta
+    from augpaint_core.dataset import SliceDataset, save_dataset
 
     a = pipeline_artifacts
-    ds = load_dataset(a["dataset"])
-    ds.labels[:] = 0
+    src = load_dataset(a["dataset"])
+    ds = SliceDataset(np.asarray(src.images), np.zeros(src.labels.shape, np.uint8), src.records, src.class_names)
     d = tmp_path / "empty"
     d.mkdir()
     save_dataset(ds, d)

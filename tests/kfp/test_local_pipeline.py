@@ -46,7 +46,6 @@ def test_failing_stage_fails_the_run_and_closes_mlflow(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     d = tiny_dict()
-    d["data"]["source"] = "nnunet"
     d["data"]["path"] = str(tmp_path / "missing")
     cfg = parse_config(d, "tiny")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
