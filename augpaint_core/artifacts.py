@@ -78,7 +78,8 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
 
 
 def write_artifact_meta(folder: Path, *, kind: str, stage: str, config: dict | None, seed: int | None,
-                        inputs: dict[str, str] | None = None, extra: dict | None = None) -> dict:
+                        inputs: dict[str, str] | None = None, extra: dict | None = None,
+                        known_hashes: dict[str, str] | None = None) -> dict:
     """Write ``artifact.json`` last: kind, config, versions, input hashes and file hashes.
 
     Args:
@@ -89,11 +90,14 @@ def write_artifact_meta(folder: Path, *, kind: str, stage: str, config: dict | N
         seed: the stage's seed.
         inputs: name -> path of input artifacts; their content hashes are recorded.
         extra: anything else worth keeping.
+        known_hashes: sha256 of files already hashed while writing (dataset shards), not read again.
     """
     files = {}
+    known = known_hashes or {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.name != ARTIFACT_FILE:
-            files[str(p.relative_to(folder))] = sha256_file(p)
+            rel = str(p.relative_to(folder))
+            files[rel] = known.get(rel) or sha256_file(p)
     content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     meta = {
         "schema_version": SCHEMA_VERSION,

@@ -231,6 +231,11 @@ def save_dataset(ds: SliceDataset, folder: str | Path, *, shard_size: int = 512,
 # Reading
 
 
+def shard_hashes(manifest: dict) -> dict[str, str]:
+    """Relative path -> sha256 of every shard, as recorded while writing."""
+    return {s[k]: s[f"{k}_sha256"] for s in manifest["shards"] for k in ("images", "labels")}
+
+
 def _verified_local(path: Path, digest: str, verify: bool) -> np.ndarray:
     if not path.is_file():
         raise AugPaintError(f"{path}: shard missing; the dataset artifact is incomplete")

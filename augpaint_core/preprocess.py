@@ -26,7 +26,7 @@ import numpy as np
 
 from .artifacts import atomic_dir, write_artifact_meta
 from .config import AugPaintConfig
-from .dataset import DatasetWriter
+from .dataset import DatasetWriter, shard_hashes
 from .errors import AugPaintError
 from .ingest import Case, Problem, Source, read_case, scan
 from .phantom import write_phantom
@@ -116,7 +116,7 @@ def num_workers(requested: int, num_jobs: int) -> int:
 
 
 def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers: int = 0, progress: bool = False
-                  ) -> dict:
+                  ) -> tuple[dict, dict]:
     """Read every case of ``source`` and stream the slices into a dataset folder.
 
     Args:
@@ -127,7 +127,7 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
         progress: show a progress bar (the CLI does).
 
     Returns:
-        a report: counts, labeled cases, skipped files, timing.
+        a report (counts, labeled cases, skipped files, timing) and the manifest.
     """
     d = cfg.data
     seed = cfg.seed if d.split_seed is None else d.split_seed
@@ -217,7 +217,7 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
                          sum(r["split"] == s and r["labeled"] == lab for r in recs)
                          for s in SPLITS for lab in (True, False)},
     }
-    return report
+    return report, manifest
 
 
 def _source(cfg: AugPaintConfig, input_dir: str | Path | None, fmt: str | None, scratch: Path) -> Source:
@@ -258,7 +258,7 @@ def preprocess(cfg: AugPaintConfig, out: str | Path, input_dir: str | Path | Non
     out = Path(out)
     with tempfile.TemporaryDirectory() as scratch, atomic_dir(out, force=force) as tmp:
         source = _source(cfg, input_dir, fmt, Path(scratch))
-        report = build_dataset(source, cfg, tmp, workers=cfg.data.workers if workers is None else workers,
+        report, manifest = build_dataset(source, cfg, tmp, workers=cfg.data.workers if workers is None else workers,
                                progress=progress)
         (tmp / "preprocess_report.json").write_text(json.dumps(report, indent=1))
         raw = "phantom" if input_dir is None and cfg.data.path is None else str(input_dir or cfg.data.path)
@@ -268,7 +268,8 @@ def preprocess(cfg: AugPaintConfig, out: str | Path, input_dir: str | Path | Non
                                                   "patients": report["patients"],
                                                   "labeled_cases": report["labeled_patients"],
                                                   "class_names": source.class_names, "regions": source.regions,
-                                                  "skipped": report["skipped"]})
+                                                  "skipped": report["skipped"]},
+                            known_hashes=shard_hashes(manifest))
     if report["skipped"]:
         log.warning("preprocess skipped %d case(s); see %s", report["cases_skipped"], out / "preprocess_report.json")
     if tracker:

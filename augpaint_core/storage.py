@@ -16,6 +16,7 @@ content as object metadata (``x-amz-meta-sha256``) and downloads check it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -25,7 +26,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import certifi
 import minio
@@ -459,6 +460,24 @@ def _partial(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
 
 
+@contextlib.contextmanager
+def _atomic_file(dest: Path) -> Iterator[Path]:
+    """A hidden temp file beside ``dest`` that replaces it only if the block succeeds."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _local_error(dest.parent, err) from None
+    tmp = _partial(dest)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except OSError as err:
+        raise _local_error(dest, err) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def download(uri: str, dest: str | Path, sha256: str | None = None) -> Path:
     """Copy an object or local file to ``dest`` atomically, checking its sha256.
 
@@ -472,12 +491,7 @@ def download(uri: str, dest: str | Path, sha256: str | None = None) -> Path:
     """
     dest = Path(dest)
     expected = _check_sha(str(uri), sha256) if sha256 else None
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _local_error(dest.parent, err) from None
-    tmp = _partial(dest)
-    try:
+    with _atomic_file(dest) as tmp:
         if is_s3(uri):
             bucket, key = split_s3(uri)
             cli, endpoint = _client_for(uri)
@@ -502,12 +516,6 @@ def download(uri: str, dest: str | Path, sha256: str | None = None) -> Path:
             got = _copy_hashing(_local(uri), tmp, uri)
         if expected is not None and got != expected:
             raise AugPaintError(f"{uri}: sha256 mismatch (expected {expected}, got {got})")
-        os.replace(tmp, dest)
-    except OSError as err:
-        raise _local_error(dest, err) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 
@@ -624,20 +632,8 @@ def upload_file(src: str | Path, uri: str) -> str:
     if not src.is_file():
         raise AugPaintError(f"{src}: not found" if not src.exists() else f"{src}: not a file")
     if not is_s3(uri):
-        dest = _local(uri)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise _local_error(dest.parent, err) from None
-        tmp = _partial(dest)
-        try:
+        with _atomic_file(_local(uri)) as tmp:
             sha = _copy_hashing(src, tmp, src)
-            os.replace(tmp, dest)
-        except OSError as err:
-            raise _local_error(dest, err) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return sha
     bucket, key = split_s3(uri)
     if not key or key.endswith("/"):
