@@ -80,6 +80,9 @@ class AEConfig(_Strict):
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 4.5e-6 * 4
     commitment_weight: PositiveFloat = 1.0
+    disc_weight: float = Field(0.0, ge=0.0, description="patch-discriminator loss weight (0 = no discriminator); "
+                                                          "scaled adaptively as in LDM/taming")
+    disc_start: int = Field(0, ge=0, description="step at which the discriminator loss starts")
 
     @model_validator(mode="after")
     def _check(self) -> "AEConfig":
@@ -100,6 +103,8 @@ class LDMConfig(_Strict):
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 1e-4
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the U-Net weights (0 disables)")
+    conditional: bool = Field(False, description="cond AugPaint: the masked-image latent is concatenated with z_t "
+                                                 "(2x latent channels in); trained with random box/irregular masks")
 
     @model_validator(mode="after")
     def _check(self) -> "LDMConfig":
@@ -108,6 +113,23 @@ class LDMConfig(_Strict):
         if self.beta_end <= self.beta_start:
             raise ValueError("ldm.beta_end must be larger than ldm.beta_start")
         return self
+
+
+class TrainingConfig(_Strict):
+    """How train-ae and train-ldm run: precision, accumulation, checkpoints (accelerate)."""
+
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on a GPU that supports it, else fp32")
+    grad_accum: PositiveInt = Field(1, description="micro-batches per optimizer step")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model (GPU)")
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0 = none)")
+    checkpoint_dir: str | None = Field(None, description="local folder or s3:// prefix for checkpoints; default "
+                                                         "<out>.checkpoints beside the output")
+    keep_checkpoints: PositiveInt = 2
+    resume: bool = Field(True, description="continue from the latest checkpoint in checkpoint_dir")
+    log_every: int = Field(0, ge=0, description="steps between logged losses (0 = 50 points per run)")
+    sample_every: int = Field(0, ge=0, description="LDM: steps between sample grids in MLflow (0 = at the end)")
 
 
 class InpaintConfig(_Strict):
@@ -152,6 +174,7 @@ class AugPaintConfig(_Strict):
     inpaint: InpaintConfig = InpaintConfig()
     filter: FilterConfig = FilterConfig()
     seg: SegConfig = SegConfig()
+    training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     def flat(self) -> dict[str, Any]:

@@ -59,10 +59,10 @@ def item_seed(seed: int, source_index: int, sample_index: int) -> int:
 @torch.no_grad()
 def augpaint_sample(unet, ae, scheduler_config, x0: torch.Tensor, mask: torch.Tensor, seeds: list[int], *,
                     steps: int = 50, eta: float = 0.0, known_noise: str = "fresh") -> torch.Tensor:
-    """Algorithm 1 on a batch.
+    """Algorithm 1 on a batch; with a conditional U-Net, cond AugPaint (no replacement, [z_t, E(masked x0)] in).
 
     Args:
-        unet: unconditional latent eps-prediction U-Net.
+        unet: latent eps-prediction U-Net, unconditional (C channels in) or conditional (2C in).
         ae: VQModel (its ``scaling_factor`` scales latents).
         scheduler_config: the training noise schedule.
         x0: (B,3,H,W) images in [-1, 1].
@@ -88,6 +88,12 @@ def augpaint_sample(unet, ae, scheduler_config, x0: torch.Tensor, mask: torch.Te
         return torch.stack([torch.randn(z0.shape[1:], generator=g) for g in gens])
 
     z = randn()
+    if unet.config.in_channels == 2 * z0.shape[1]:  # conditional: the kept pixels enter by concatenation
+        cond = ae.encode(x0 * mask).latents * scale
+        for t in sched.timesteps:
+            var_noise = randn() if eta > 0 else None
+            z = sched.step(unet(torch.cat([z, cond], 1), t).sample, t, z, eta=eta, variance_noise=var_noise).prev_sample
+        return ae.decode(z / scale).sample
     fixed = randn() if known_noise == "fixed" else None
     for t in sched.timesteps:
         eps = fixed if fixed is not None else randn()
@@ -138,9 +144,9 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, ldm_p
     ds = load_dataset(dataset)
     ae = load_vqmodel(ae_path)
     unet, train_sched = load_ldm(ldm_path)
-    if unet.config.in_channels != ae.config.latent_channels:
+    if unet.config.in_channels not in (ae.config.latent_channels, 2 * ae.config.latent_channels):
         raise AugPaintError(f"{ldm_path}: U-Net takes {unet.config.in_channels} channels but the AE makes "
-                            f"{ae.config.latent_channels}")
+                            f"{ae.config.latent_channels} (a conditional U-Net takes twice that)")
     if unet.config.sample_size * AE_FACTOR != ds.images.shape[1]:
         raise AugPaintError(f"{ldm_path}: U-Net latent size {unet.config.sample_size} does not match images of "
                             f"{ds.images.shape[1]} px")
@@ -184,6 +190,7 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, ldm_p
                             "labeled": True, "source": "synthetic",
                             "provenance": {"source_index": s, "sample_index": j, "seed": seeds[k],
                                            "sampler": "ddim", "steps": icfg.num_inference_steps,
+                                           "conditional": unet.config.in_channels != ae.config.latent_channels,
                                            "eta": icfg.eta, "known_noise": icfg.known_noise,
                                            "flip": flips[k]}})
         images.append(out_u8)

@@ -58,11 +58,38 @@ def build_vqmodel(cfg: AEConfig, image_size: int) -> VQModel:
     )
 
 
+class PatchDiscriminator(torch.nn.Module):
+    """The pix2pix/taming N-layer patch discriminator, trained from scratch (one logit per patch).
+
+    Args:
+        in_channels: image channels.
+        base: width of the first layer.
+        n_layers: strided layers; 3 gives 70x70-pixel patches.
+    """
+
+    def __init__(self, in_channels: int = 3, base: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        nn = torch.nn
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, base, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        ch = base
+        for i in range(1, n_layers + 1):
+            nch = base * min(2 ** i, 8)
+            layers += [nn.Conv2d(ch, nch, 4, 2 if i < n_layers else 1, 1, bias=False), nn.BatchNorm2d(nch),
+                       nn.LeakyReLU(0.2, True)]
+            ch = nch
+        layers.append(nn.Conv2d(ch, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 def build_unet(cfg: LDMConfig, latent_size: int, channels: int) -> UNet2DModel:
+    """The latent U-Net; the conditional one takes [z_t, masked-image latent] (2x channels) and predicts eps."""
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     return UNet2DModel(
-        sample_size=latent_size, in_channels=channels, out_channels=channels,
+        sample_size=latent_size, in_channels=2 * channels if cfg.conditional else channels, out_channels=channels,
         block_out_channels=tuple(cfg.block_channels), down_block_types=down, up_block_types=up,
         layers_per_block=cfg.layers_per_block, norm_num_groups=_groups(cfg.block_channels),
         attention_head_dim=min(32, min(cfg.block_channels)),

@@ -7,6 +7,7 @@ one line on stderr and exit code 2 (no traceback), for shells and KFP pods.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +51,8 @@ def run_stage(stage: str, cfg: AugPaintConfig, out: str | Path, *, tracking_uri:
     if stage not in STAGES:
         raise AugPaintError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if int(os.environ.get("RANK", "0")) != 0:
+        tracking_uri = "none"  # under `accelerate launch` only rank 0 logs (and writes the artifact)
     with stage_run(tracking_uri, parent_run_id, run_name or stage, cfg.flat()) as tracker:
         return STAGES[stage](cfg, out=out, force=force, tracker=tracker, **inputs)
 

@@ -1,18 +1,33 @@
-"""Train AE: VQ-regularised f=4 autoencoder on all training images (S^l + S^u)."""
+"""Train AE: VQ-regularised f=4 autoencoder on all training images (S^l + S^u).
+
+Loss: L1 reconstruction + codebook/commitment, plus an optional patch
+discriminator (hinge loss, adaptive weight as in LDM/taming) trained from
+scratch. Runs through accelerate (mixed precision, accumulation, DDP with
+``accelerate launch``), checkpoints every ``training.checkpoint_every`` steps
+and resumes from the newest checkpoint. Images are read from the sharded
+dataset a batch at a time, so the dataset need not fit in memory.
+"""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .artifacts import atomic_dir, write_artifact_meta
-from .dataset import load_dataset
 from .config import AugPaintConfig
+from .dataset import open_dataset
 from .errors import AugPaintError
-from .models import (AE_FACTOR, batches, build_vqmodel, num_steps, seed_everything, to_tensor, to_uint8)
+from .models import AE_FACTOR, PatchDiscriminator, build_vqmodel, num_steps, seed_everything, to_tensor, to_uint8
+from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, resume_state,
+                       run_identity, state_of, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 101
+MAX_SCALE_IMAGES = 2048  # the latent std is estimated on at most this many training images
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -36,65 +51,130 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """Balance the GAN term against reconstruction by their gradient norms at the decoder's last layer."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def flipped_batch(images, idx: np.ndarray, gen: torch.Generator, part: slice = slice(None)) -> torch.Tensor:
+    """Images ``idx[part]`` as a [-1, 1] tensor, each horizontally flipped with p=0.5 (label-free augmentation).
+
+    The flips are drawn for the whole global batch ``idx``, so a process's ``part`` gets the
+    same flips whatever the number of processes.
+    """
+    flip = (torch.rand(len(idx), generator=gen) < 0.5)[part]
+    x = to_tensor(images[idx[part]])
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force: bool = False,
              tracker=None) -> Path:
     """Stage 2: train the VQ autoencoder.
 
     Args:
-        cfg: config (``ae`` section, ``seed``).
+        cfg: config (``ae`` and ``training`` sections, ``seed``).
         dataset: slice dataset artifact.
         out: output model artifact (``vqmodel/`` in diffusers format).
         force: replace an existing output.
         tracker: optional MLflow stage tracker.
     """
-    ds = load_dataset(dataset)
+    ds = open_dataset(dataset)
     size = ds.images.shape[1]
     if size % AE_FACTOR:
         raise AugPaintError(f"{dataset}: image size {size} is not divisible by the AE factor {AE_FACTOR}")
     train_idx = ds.where(split="train")
     if len(train_idx) == 0:
         raise AugPaintError(f"{dataset}: no training images")
-    x = to_tensor(ds.images[train_idx])
-    gen = seed_everything(cfg.seed + STAGE_SEED_OFFSET)
-    model = build_vqmodel(cfg.ae, size).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.ae.lr)
-    steps = num_steps(len(x), cfg.ae.batch_size, cfg.ae.epochs, cfg.ae.max_steps)
-    log_every = max(1, steps // 50)
-    history = []
-    for step, idx in enumerate(batches(len(x), cfg.ae.batch_size, steps, gen)):
-        xb = x[idx]
-        flip = torch.rand(len(xb), generator=gen) < 0.5  # horizontal flips: cheap, label-free augmentation
-        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        o = model(xb)
-        rec = (o.sample - xb).abs().mean()
-        loss = rec + cfg.ae.commitment_weight * o.commit_loss.mean()
-        if not torch.isfinite(loss):
-            raise AugPaintError(f"train-ae: loss became {loss.item()} at step {step}; lower ae.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+    a, t = cfg.ae, cfg.training
+    acc = make_accelerator(t)
+    seed = cfg.seed + STAGE_SEED_OFFSET
+    seed_everything(seed)
+    model = build_vqmodel(a, size)
+    disc = PatchDiscriminator() if a.disc_weight > 0 else None
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    parts = {"model": model, "opt": opt}
+    if disc is not None:
+        dopt = torch.optim.Adam(disc.parameters(), lr=a.lr, betas=(0.5, 0.9))
+        parts |= {"disc": disc, "disc_opt": dopt}
+    ckpt = Checkpointer(checkpoint_dir(t, out), t.keep_checkpoints,
+                        {"vqmodel": arch_of(model), "discriminator": disc is not None},
+                        run_identity(cfg, a, {"dataset": dataset}, acc))
+    start = resume_state(ckpt, t, parts, log)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model, opt = acc.prepare(model, opt)
+    if disc is not None:
+        disc, dopt = acc.prepare(disc, dopt)
+    raw = acc.unwrap_model(model)
+    world, rank, bs = acc.num_processes, acc.process_index, a.batch_size
+    steps = num_steps(len(train_idx), bs * world * t.grad_accum, a.epochs, a.max_steps)
+    log_every = t.log_every or max(1, steps // 50)
+    history, speed = [], Throughput()
+    model.train()
+    for step in range(start, steps):
+        for micro in range(t.grad_accum):
+            m = step * t.grad_accum + micro
+            gidx = step_batch(len(train_idx), bs * world, m, seed)
+            xb = flipped_batch(ds.images, train_idx[gidx], step_generator(seed, m), slice(rank * bs, (rank + 1) * bs))
+            xb = xb.to(acc.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+            sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(model)
+            with sync, acc.autocast():
+                o = model(xb)
+                rec = (o.sample - xb).abs().mean()
+                loss = rec + a.commitment_weight * o.commit_loss.mean()
+                use_gan = disc is not None and step >= a.disc_start
+                if use_gan:
+                    g_loss = -disc(o.sample).mean()
+                    loss = loss + a.disc_weight * adaptive_weight(rec, g_loss, raw.decoder.conv_out.weight) * g_loss
+                if not torch.isfinite(loss):
+                    raise AugPaintError(f"train-ae: loss became {loss.item()} at step {step}; lower ae.lr")
+                acc.backward(loss / t.grad_accum)
+            if use_gan:
+                with acc.autocast():
+                    d_loss = 0.5 * (F.relu(1 - disc(xb)).mean() + F.relu(1 + disc(o.sample.detach())).mean())
+                acc.backward(d_loss / t.grad_accum)
+            speed.add(len(xb) * world)
         opt.step()
+        opt.zero_grad(set_to_none=True)
+        if disc is not None and step >= a.disc_start:
+            dopt.step()
+            dopt.zero_grad(set_to_none=True)
         if step % log_every == 0 or step == steps - 1:
-            history.append({"step": step, "loss": loss.item(), "l1": rec.item()})
-            if tracker:
-                tracker.log_metrics({"ae_loss": loss.item(), "ae_l1": rec.item()}, step=step)
-    model.eval()
+            rec_v = float(acc.reduce(rec.detach(), "mean"))
+            row = {"step": step, "loss": float(loss.detach()), "l1": rec_v, "images_per_s": speed.rate()}
+            history.append(row)
+            if tracker and acc.is_main_process:
+                tracker.log_metrics({"ae_loss": row["loss"], "ae_l1": rec_v, "ae_images_per_s": row["images_per_s"]},
+                                    step=step)
+        if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < steps:
+            if acc.is_main_process:
+                ckpt.save(step + 1, state_of(parts), {"stage": "train-ae"})
+            acc.wait_for_everyone()
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return Path(out)
+    model = raw.float().eval()
     # Scale latents to unit std for the diffusion model (0.18215 is SD's KL-AE value, wrong here).
-    lat = encode_latents(model, x)
+    pick = train_idx[np.random.default_rng(seed).permutation(len(train_idx))[:MAX_SCALE_IMAGES]]
+    lat = encode_latents(model, to_tensor(ds.images[np.sort(pick)]))
     scale = float(1.0 / lat.std().clamp_min(1e-6))
     model.register_to_config(scaling_factor=scale)
     held = ds.where(split="val")
-    held = held if len(held) else train_idx
+    held = (held if len(held) else train_idx)[:256]
     xv = ds.images[held]
     rec_v = to_uint8(reconstruct(model, to_tensor(xv)))
     val_psnr = psnr(xv, rec_v)
+    grid = image_grid([xv[:6], rec_v[:6]])
     with atomic_dir(out, force=force) as tmp:
         model.save_pretrained(tmp / "vqmodel")
-        grid = image_grid([xv[:6], rec_v[:6]])
         np.save(tmp / "recon_grid.npy", grid)
         write_artifact_meta(tmp, kind="model", stage="train-ae", config=cfg.model_dump(mode="json"),
                             seed=cfg.seed, inputs={"dataset": dataset},
                             extra={"scaling_factor": scale, "val_psnr": val_psnr, "steps": steps,
-                                   "history": history})
+                                   "resumed_from_step": start, "processes": world,
+                                   "mixed_precision": acc.mixed_precision, "history": history})
     if tracker:
         tracker.log_metrics({"ae_val_psnr": val_psnr, "ae_scaling_factor": scale})
         tracker.log_image(grid, "ae_reconstructions.png")
