@@ -22,8 +22,8 @@ from .config import AugPaintConfig
 from .dataset import open_dataset
 from .errors import AugPaintError
 from .models import AE_FACTOR, PatchDiscriminator, build_vqmodel, num_steps, seed_everything, to_tensor, to_uint8
-from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, resume_state,
-                       run_identity, state_of, step_batch, step_generator)
+from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
+                       resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 101
 MAX_SCALE_IMAGES = 2048  # the latent std is estimated on at most this many training images
@@ -148,10 +148,7 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
             if tracker and acc.is_main_process:
                 tracker.log_metrics({"ae_loss": row["loss"], "ae_l1": rec_v, "ae_images_per_s": row["images_per_s"]},
                                     step=step)
-        if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < steps:
-            if acc.is_main_process:
-                ckpt.save(step + 1, state_of(parts), {"stage": "train-ae"})
-            acc.wait_for_everyone()
+        maybe_checkpoint(ckpt, acc, t, step, steps, parts, "train-ae")
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return Path(out)

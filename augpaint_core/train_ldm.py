@@ -26,8 +26,8 @@ from .masks import random_keep_mask
 from .models import (AE_FACTOR, build_train_scheduler, build_unet, ddim_from, load_vqmodel, num_steps, seed_everything,
                      to_tensor, to_uint8)
 from .train_ae import encode_latents, flipped_batch, image_grid
-from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, resume_state,
-                       run_identity, state_of, step_batch, step_generator)
+from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
+                       resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 202
 log = logging.getLogger(__name__)
@@ -174,10 +174,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
                 tracker.log_metrics({"ldm_loss": row["loss"], "ldm_images_per_s": row["images_per_s"]}, step=step)
         if acc.is_main_process and tracker and t.sample_every and (step + 1) % t.sample_every == 0:
             tracker.log_image(_preview(raw, ema, sched, ae, ds, cfg), f"ldm_samples_step{step + 1:07d}.png")
-        if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < steps:
-            if acc.is_main_process:
-                ckpt.save(step + 1, state_of(parts), {"stage": "train-ldm"})
-            acc.wait_for_everyone()
+        maybe_checkpoint(ckpt, acc, t, step, steps, parts, "train-ldm")
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return Path(out)

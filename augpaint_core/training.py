@@ -208,3 +208,13 @@ def run_identity(cfg, section, inputs: dict[str, str | Path], acc) -> dict:
     keep = {k: v for k, v in section.model_dump(mode="json").items() if k not in ("epochs", "max_steps")}
     return {"seed": cfg.seed, "settings": keep, "grad_accum": cfg.training.grad_accum, "processes": acc.num_processes,
             **{k: str(v) if storage.is_s3(str(v)) else artifact_hash(v) for k, v in inputs.items()}}
+
+
+def maybe_checkpoint(ckpt: Checkpointer, acc, tcfg: TrainingConfig, step: int, steps: int, parts: dict,
+                     stage: str) -> None:
+    """After optimizer step ``step`` (0-based): every ``checkpoint_every`` steps rank 0 saves, all ranks wait."""
+    done = step + 1
+    if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < steps:
+        if acc.is_main_process:
+            ckpt.save(done, state_of(parts), {"stage": stage})
+        acc.wait_for_everyone()

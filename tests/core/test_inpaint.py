@@ -89,9 +89,6 @@ def test_empty_labels_are_skipped_with_a_warning(pipeline_artifacts, tmp_path, c
 
 
 def test_no_foreground_anywhere_is_a_clear_error(pipeline_artifacts, tmp_path):
-    import json
-    import shutil
-
     from augpaint_core.artifacts import write_artifact_meta
     from augpaint_core.dataset import SliceDataset, save_dataset
 

@@ -1,6 +1,4 @@
 """The whole pipeline through kfp.local's SubprocessRunner with a tiny config and MLflow on sqlite."""
-import yaml
-
 from augpaint_core.config import parse_config
 from tests.conftest import tiny_dict
 
