@@ -58,6 +58,18 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Te
     return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
+def generator_gan_loss(disc: torch.nn.Module, fake: torch.Tensor) -> torch.Tensor:
+    """-D(fake) with the discriminator frozen, so the autoencoder's step does not train D.
+
+    ``disc`` is the unwrapped module: its DDP wrapper is used only for D's own loss.
+    """
+    disc.requires_grad_(False)
+    try:
+        return -disc(fake).mean()
+    finally:
+        disc.requires_grad_(True)
+
+
 def flipped_batch(images, idx: np.ndarray, gen: torch.Generator, part: slice = slice(None)) -> torch.Tensor:
     """Images ``idx[part]`` as a [-1, 1] tensor, each horizontally flipped with p=0.5 (label-free augmentation).
 
@@ -107,7 +119,9 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
     model, opt = acc.prepare(model, opt)
     if disc is not None:
         disc, dopt = acc.prepare(disc, dopt)
+        raw_disc = acc.unwrap_model(disc)
     raw = acc.unwrap_model(model)
+    fwd = torch.compile(model) if t.compile else model
     world, rank, bs = acc.num_processes, acc.process_index, a.batch_size
     steps = num_steps(len(train_idx), bs * world * t.grad_accum, a.epochs, a.max_steps)
     log_every = t.log_every or max(1, steps // 50)
@@ -121,12 +135,12 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
             xb = xb.to(acc.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
             sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(model)
             with sync, acc.autocast():
-                o = model(xb)
+                o = fwd(xb)
                 rec = (o.sample - xb).abs().mean()
                 loss = rec + a.commitment_weight * o.commit_loss.mean()
                 use_gan = disc is not None and step >= a.disc_start
                 if use_gan:
-                    g_loss = -disc(o.sample).mean()
+                    g_loss = generator_gan_loss(raw_disc, o.sample)
                     loss = loss + a.disc_weight * adaptive_weight(rec, g_loss, raw.decoder.conv_out.weight) * g_loss
                 if not torch.isfinite(loss):
                     raise AugPaintError(f"train-ae: loss became {loss.item()} at step {step}; lower ae.lr")

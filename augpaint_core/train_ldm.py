@@ -129,6 +129,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
         unet = unet.to(memory_format=torch.channels_last)
     unet, opt = acc.prepare(unet, opt)
     raw = acc.unwrap_model(unet)
+    fwd = torch.compile(unet) if t.compile else unet
     world, rank, bs = acc.num_processes, acc.process_index, l.batch_size
     steps = num_steps(len(train_idx), bs * world * t.grad_accum, l.epochs, l.max_steps)
     log_every = t.log_every or max(1, steps // 50)
@@ -155,7 +156,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
                 inp = inp.contiguous(memory_format=torch.channels_last)
             sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(unet)
             with sync, acc.autocast():
-                loss = F.mse_loss(unet(inp, ts).sample.float(), noise)
+                loss = F.mse_loss(fwd(inp, ts).sample.float(), noise)
                 if not torch.isfinite(loss):
                     raise AugPaintError(f"train-ldm: loss became {loss.item()} at step {step}; lower ldm.lr")
                 acc.backward(loss / t.grad_accum)
@@ -179,7 +180,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
     if not acc.is_main_process:
         return Path(out)
     final = _with_ema(raw, ema).float().eval()
-    grid = _preview(final, None, sched, ae.float(), ds, cfg)
+    grid = _preview(final, None, sched, ae, ds, cfg)
     with atomic_dir(out, force=force) as tmp:
         final.save_pretrained(tmp / "unet")
         sched.save_pretrained(tmp / "scheduler")
@@ -204,7 +205,7 @@ def _with_ema(unet, ema: list[torch.Tensor] | None):
 def _preview(unet, ema, sched, ae, ds, cfg: AugPaintConfig) -> np.ndarray:
     """Sample grid for MLflow: unconditional samples, or [image | masked | sample] rows for the conditional model."""
     model = _with_ema(unet, ema).float().eval().cpu()
-    ae = ae.cpu()
+    ae = copy.deepcopy(ae).float().cpu()  # the training copy stays on its device
     if not cfg.ldm.conditional:
         return image_grid([sample_unconditional(model, sched.config, ae, 6, 50, cfg.seed)])
     idx = ds.where(split="val")[:4]

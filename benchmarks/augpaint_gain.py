@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from augpaint_core.artifacts import read_artifact_meta
 from augpaint_core.config import load_config
 from augpaint_core.evaluate import evaluate
 from augpaint_core.filter import filter_synthetic
@@ -35,6 +36,10 @@ def one_split(cfg, d: Path) -> dict:
     train_seg(cfg, d / "ds", d / "base")
     train_seg(cfg, d / "ds", d / "aug", synthetic=d / "flt")
     evaluate(cfg, d / "ds", d / "base", d / "aug", d / "eval")
+    ae, ldm = read_artifact_meta(d / "ae"), read_artifact_meta(d / "ldm")
+    curve = ldm["history"][:: max(1, len(ldm["history"]) // 8)] + ldm["history"][-1:]
+    print(f"  AE validation PSNR {ae['val_psnr']:.2f} dB; LDM loss " +
+          ", ".join(f"{h['step']}: {h['loss']:.3f}" for h in curve), flush=True)
     return json.loads((d / "eval" / "metrics.json").read_text())
 
 

@@ -259,3 +259,32 @@ def test_ddp_with_accelerate_launch_matches_one_process(data, tmp_path):
     # lr-sized steps), but far closer than a run that differs only in its seed.
     assert rel(w["one"], w["two"]) < 2e-3
     assert rel(w["one"], w["two"]) < rel(w["one"], w["seed1"]) / 20
+
+
+def test_mlflow_gets_throughput_and_sample_grids_during_training(data, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from augpaint_core.tracking import stage_run, start_parent_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = start_parent_run(uri, "exp", "run")
+    cfg = cfg_with("ldm.max_steps=4", "training.sample_every=2", "training.log_every=1")
+    with stage_run(uri, parent, "train-ldm") as t:
+        train_ldm(cfg, data / "ds", data / "ae", tmp_path / "ldm", tracker=t)
+        run_id = t.run_id
+    c = MlflowClient(uri)
+    assert [m.step for m in c.get_metric_history(run_id, "ldm_loss")] == [0, 1, 2, 3]
+    assert all(m.value > 0 for m in c.get_metric_history(run_id, "ldm_images_per_s"))
+    names = {a.path for a in c.list_artifacts(run_id)}
+    assert {"ldm_samples_step0000002.png", "ldm_samples_step0000004.png", "ldm_samples.png"} <= names
+
+
+def test_generator_step_does_not_train_the_discriminator():
+    from augpaint_core.models import PatchDiscriminator
+    from augpaint_core.train_ae import generator_gan_loss
+
+    disc = PatchDiscriminator(base=8)
+    fake = torch.randn(2, 3, 32, 32, requires_grad=True)
+    generator_gan_loss(disc, fake).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters()) and all(p.requires_grad for p in disc.parameters())
