@@ -124,6 +124,9 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
     fwd = torch.compile(model) if t.compile else model
     world, rank, bs = acc.num_processes, acc.process_index, a.batch_size
     steps = num_steps(len(train_idx), bs * world * t.grad_accum, a.epochs, a.max_steps)
+    if start > steps:
+        raise AugPaintError(f"{ckpt.uri}: newest checkpoint is at step {start}, past this run's budget of {steps} "
+                            f"steps (ae.epochs/ae.max_steps); raise the budget or set training.resume=false")
     log_every = t.log_every or max(1, steps // 50)
     history, speed = [], Throughput()
     model.train()

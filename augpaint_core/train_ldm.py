@@ -132,6 +132,9 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
     fwd = torch.compile(unet) if t.compile else unet
     world, rank, bs = acc.num_processes, acc.process_index, l.batch_size
     steps = num_steps(len(train_idx), bs * world * t.grad_accum, l.epochs, l.max_steps)
+    if start > steps:
+        raise AugPaintError(f"{ckpt.uri}: newest checkpoint is at step {start}, past this run's budget of {steps} "
+                            f"steps (ldm.epochs/ldm.max_steps); raise the budget or set training.resume=false")
     log_every = t.log_every or max(1, steps // 50)
     history, speed = [], Throughput()
     part = slice(rank * bs, (rank + 1) * bs)

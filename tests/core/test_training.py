@@ -159,7 +159,9 @@ def test_checkpoint_of_another_architecture_or_run_is_refused(data, tmp_path):
         train_ae(cfg_with("ae.max_steps=4", "ae.block_channels=[8,16,32]", ck), data / "ds", tmp_path / "b")
     with pytest.raises(AugPaintError, match="different run .*settings"):
         train_ae(cfg_with("ae.max_steps=4", "ae.lr=0.01", ck), data / "ds", tmp_path / "c")
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    with pytest.raises(AugPaintError, match="checkpoint is at step 2, past this run's budget of 1 steps"):
+        train_ae(cfg_with("ae.max_steps=1", ck), data / "ds", tmp_path / "e")
+    assert not any((tmp_path / n).exists() for n in "bce")
     # Asked not to resume, the same checkpoint folder is simply ignored.
     train_ae(cfg_with("ae.max_steps=2", "ae.lr=0.01", "training.resume=false", ck), data / "ds", tmp_path / "d")
     assert read_artifact_meta(tmp_path / "d")["resumed_from_step"] == 0
