@@ -618,6 +618,15 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _existing(src: str | Path, folder: bool) -> Path:
+    """``src`` as a Path, if it is an existing file (or folder)."""
+    src = Path(src)
+    if not (src.is_dir() if folder else src.is_file()):
+        what = "directory" if folder else "file"
+        raise AugPaintError(f"{src}: not found" if not src.exists() else f"{src}: not a {what}")
+    return src
+
+
 def upload_file(src: str | Path, uri: str) -> str:
     """Upload (or, for a local ``uri``, copy atomically) one file; return its sha256.
 
@@ -628,9 +637,7 @@ def upload_file(src: str | Path, uri: str) -> str:
         src: local file.
         uri: destination ``s3://bucket/key`` or local path.
     """
-    src = Path(src)
-    if not src.is_file():
-        raise AugPaintError(f"{src}: not found" if not src.exists() else f"{src}: not a file")
+    src = _existing(src, folder=False)
     if not is_s3(uri):
         with _atomic_file(_local(uri)) as tmp:
             sha = _copy_hashing(src, tmp, src)
@@ -661,9 +668,7 @@ def upload_dir(src: str | Path, uri: str) -> list[str]:
         src: local folder.
         uri: destination ``s3://bucket/folder`` or local folder.
     """
-    src = Path(src)
-    if not src.is_dir():
-        raise AugPaintError(f"{src}: not found" if not src.exists() else f"{src}: not a directory")
+    src = _existing(src, folder=True)
     items = _walk(str(src), recursive=True)
     if not is_s3(uri):
         _fill_dir(items, _local(uri))

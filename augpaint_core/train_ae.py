@@ -21,9 +21,9 @@ from .artifacts import atomic_dir, write_artifact_meta
 from .config import AugPaintConfig
 from .dataset import open_dataset
 from .errors import AugPaintError
-from .models import AE_FACTOR, PatchDiscriminator, build_vqmodel, num_steps, seed_everything, to_tensor, to_uint8
+from .models import AE_FACTOR, PatchDiscriminator, build_vqmodel, seed_everything, to_tensor, to_uint8
 from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
-                       resume_state, run_identity, step_batch, step_generator)
+                       plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 101
 MAX_SCALE_IMAGES = 2048  # the latent std is estimated on at most this many training images
@@ -114,20 +114,12 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
                         {"vqmodel": arch_of(model), "discriminator": disc is not None},
                         run_identity(cfg, a, {"dataset": dataset}, acc))
     start = resume_state(ckpt, t, parts, log)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model, opt = acc.prepare(model, opt)
+    model, opt, raw, fwd = prepare(acc, model, opt, t)
     if disc is not None:
         disc, dopt = acc.prepare(disc, dopt)
         raw_disc = acc.unwrap_model(disc)
-    raw = acc.unwrap_model(model)
-    fwd = torch.compile(model) if t.compile else model
     world, rank, bs = acc.num_processes, acc.process_index, a.batch_size
-    steps = num_steps(len(train_idx), bs * world * t.grad_accum, a.epochs, a.max_steps)
-    if start > steps:
-        raise AugPaintError(f"{ckpt.uri}: newest checkpoint is at step {start}, past this run's budget of {steps} "
-                            f"steps (ae.epochs/ae.max_steps); raise the budget or set training.resume=false")
-    log_every = t.log_every or max(1, steps // 50)
+    steps, log_every = plan_steps(acc, t, a, "ae", len(train_idx), start, ckpt)
     history, speed = [], Throughput()
     model.train()
     for step in range(start, steps):

@@ -23,11 +23,11 @@ from .config import AugPaintConfig
 from .dataset import open_dataset
 from .errors import AugPaintError
 from .masks import random_keep_mask
-from .models import (AE_FACTOR, build_train_scheduler, build_unet, ddim_from, load_vqmodel, num_steps, seed_everything,
+from .models import (AE_FACTOR, build_train_scheduler, build_unet, ddim_from, load_vqmodel, seed_everything,
                      to_tensor, to_uint8)
 from .train_ae import encode_latents, flipped_batch, image_grid
 from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
-                       resume_state, run_identity, step_batch, step_generator)
+                       plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 202
 log = logging.getLogger(__name__)
@@ -125,17 +125,9 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
         n_items = 2 * len(train_idx)
     else:
         n_items = len(train_idx)
-    if t.channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
-    unet, opt = acc.prepare(unet, opt)
-    raw = acc.unwrap_model(unet)
-    fwd = torch.compile(unet) if t.compile else unet
+    unet, opt, raw, fwd = prepare(acc, unet, opt, t)
     world, rank, bs = acc.num_processes, acc.process_index, l.batch_size
-    steps = num_steps(len(train_idx), bs * world * t.grad_accum, l.epochs, l.max_steps)
-    if start > steps:
-        raise AugPaintError(f"{ckpt.uri}: newest checkpoint is at step {start}, past this run's budget of {steps} "
-                            f"steps (ldm.epochs/ldm.max_steps); raise the budget or set training.resume=false")
-    log_every = t.log_every or max(1, steps // 50)
+    steps, log_every = plan_steps(acc, t, l, "ldm", len(train_idx), start, ckpt)
     history, speed = [], Throughput()
     part = slice(rank * bs, (rank + 1) * bs)
     unet.train()

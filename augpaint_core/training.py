@@ -218,3 +218,28 @@ def maybe_checkpoint(ckpt: Checkpointer, acc, tcfg: TrainingConfig, step: int, s
         if acc.is_main_process:
             ckpt.save(done, state_of(parts), {"stage": stage})
         acc.wait_for_everyone()
+
+
+def prepare(acc, model: torch.nn.Module, opt, tcfg: TrainingConfig):
+    """channels_last, accelerate wrapping and optional compile.
+
+    Returns:
+        (wrapped model, wrapped optimizer, unwrapped model, the callable to run forward passes with).
+    """
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model, opt = acc.prepare(model, opt)
+    return model, opt, acc.unwrap_model(model), torch.compile(model) if tcfg.compile else model
+
+
+def plan_steps(acc, tcfg: TrainingConfig, section, name: str, n_items: int, start: int, ckpt: Checkpointer
+               ) -> tuple[int, int]:
+    """Optimizer steps of this run and the logging interval; a checkpoint past the budget is an error."""
+    from .models import num_steps
+
+    steps = num_steps(n_items, section.batch_size * acc.num_processes * tcfg.grad_accum, section.epochs,
+                      section.max_steps)
+    if start > steps:
+        raise AugPaintError(f"{ckpt.uri}: newest checkpoint is at step {start}, past this run's budget of {steps} "
+                            f"steps ({name}.epochs/{name}.max_steps); raise the budget or set training.resume=false")
+    return steps, tcfg.log_every or max(1, steps // 50)
