@@ -171,9 +171,11 @@ class InpaintConfig(_Strict):
 
 class PixelDMConfig(_Strict):
     """The pixel-space U-Net of the RePaint baseline; it trains with the ldm section's recipe (schedule,
-    optimiser, steps, EMA), so only the architecture differs."""
+    optimiser, steps, EMA), so only the architecture differs. The default is the paper preset's latent
+    U-Net with two more stages of its first width in front (256 and 128 px), so both reach the same
+    8 px bottleneck and attend at 32/16/8 px."""
 
-    block_channels: list[PositiveInt] = [128, 128, 256, 256, 512, 512]
+    block_channels: list[PositiveInt] = [224, 224, 224, 448, 672, 896]
     attention: list[bool] = [False, False, False, True, True, True]
     layers_per_block: PositiveInt = 2
 

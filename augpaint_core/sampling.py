@@ -3,7 +3,7 @@
 Models and schedulers stay apart (the diffusers way): the loops here take a
 U-Net, a scheduler built from the trained noise schedule, and per-item noise.
 
-Reproducibility: every random draw of an item comes from that item's own CPU
+Reproducibility: every random draw of an item comes from that item's own
 generator, so an item's sample never depends on which other items share its
 batch or shard. ``batch_invariant`` additionally makes the CPU kernels compute
 each item exactly as they would alone (see :func:`batch_invariant`).
@@ -43,7 +43,7 @@ def make_scheduler(name: str, train_config) -> DDIMScheduler | DPMSolverMultiste
 
 
 class ItemNoise:
-    """Gaussian draws from one CPU generator per item, moved to ``device``.
+    """Gaussian draws from one generator per item, on ``device`` (so a GPU does not wait for CPU draws).
 
     Args:
         seeds: one seed per batch item.
@@ -51,12 +51,12 @@ class ItemNoise:
     """
 
     def __init__(self, seeds: list[int], device: torch.device | str = "cpu") -> None:
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.device = torch.device(device)
+        self.gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
 
     def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
         """(B, *shape): item b's draw comes from generator b only."""
-        return torch.stack([torch.randn(shape, generator=g) for g in self.gens]).to(self.device)
+        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.gens])
 
 
 def _per_item_linear(mod: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -195,19 +195,16 @@ def repaint_loop(unet, train_config, x0: torch.Tensor, keep: torch.Tensor, seeds
     """
     sched = RePaintScheduler.from_config(train_config, clip_sample=False, eta=eta)
     sched.set_timesteps(steps, jump_length, jump_n_sample)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-
-    def randn(shape) -> torch.Tensor:  # CPU per-item draws, as augpaint_loop
-        return torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(x0.device)
-
-    # The scheduler draws through randn_tensor; give it the same per-item generators.
-    x = randn(x0.shape)
+    # Per-item generators on the images' device; the scheduler's own draws (randn_tensor) use them too.
+    noise = ItemNoise(seeds, x0.device)
+    gens = noise.gens
+    x = noise.randn(tuple(x0.shape[1:]))
     t_last = int(sched.timesteps[0]) + 1
-    for t in sched.timesteps:
-        t = int(t)
+    for t_tensor in sched.timesteps:
+        t = int(t_tensor)
         if t < t_last:
-            with autocast():
-                eps = unet(x, t).sample.float()
+            with autocast():  # a tensor timestep: torch.compile does not recompile for every step
+                eps = unet(x, t_tensor.to(x.device)).sample.float()
             x = sched.step(eps, t, x, x0, keep, generator=gens if len(gens) > 1 else gens[0]).prev_sample
         else:
             x = sched.undo_step(x, t_last, generator=gens if len(gens) > 1 else gens[0])

@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def encode_latents(ae, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Pre-quantisation latents (diffusion runs on these), unscaled."""
-    return torch.cat([ae.encode(x[i:i + batch_size]).latents for i in range(0, len(x), batch_size)])
+    """Pre-quantisation latents (diffusion runs on these), unscaled, on ``x``'s device; runs on the AE's device."""
+    dev = next(ae.parameters()).device
+    return torch.cat([ae.encode(x[i:i + batch_size].to(dev)).latents.to(x.device)
+                      for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def reconstruct(ae, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    return torch.cat([ae(x[i:i + batch_size]).sample for i in range(0, len(x), batch_size)])
+    """AE reconstructions on ``x``'s device; runs on the AE's device."""
+    dev = next(ae.parameters()).device
+    return torch.cat([ae(x[i:i + batch_size].to(dev)).sample.to(x.device) for i in range(0, len(x), batch_size)])
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -151,6 +151,8 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
     else:
         n_items = len(train_idx)
     unet, opt, raw, fwd = prepare(acc, unet, opt, t)
+    if ema is not None:  # beside the weights it averages (in place: the checkpoint holds this list)
+        ema[:] = [e.to(acc.device) for e in ema]
     world, rank, bs = acc.num_processes, acc.process_index, l.batch_size
     steps, log_every = plan_steps(acc, t, l, "ldm", len(train_idx), start, ckpt)
     history, speed = [], Throughput()
