@@ -188,8 +188,9 @@ class ClusterConfig(_Strict):
     memory_limit: str = "48G"
     minio_secret: str = Field("augpaint-minio", description="secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                                                             "AUGPAINT_S3_ENDPOINT")
-    mlflow_secret: str = Field("augpaint-mlflow", description="secret with MLFLOW_TRACKING_URI (and, if the "
-                                                              "server needs them, MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    mlflow_secret: str = Field("augpaint-mlflow", description="secret with MLFLOW_TRACKING_URI and "
+                                                              "AUGPAINT_MLFLOW_SPOOL (s3:// prefix for records kept "
+                                                              "while MLflow is down)")
     retries: int = Field(2, ge=0, description="retries of the training and inpainting tasks")
     retry_backoff_s: PositiveInt = 60
     timeout_s: dict[str, PositiveInt] = Field(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from augpaint_core.config import AugPaintConfig, parse_config
-from tests.services import s3_bucket, s3_server  # noqa: F401  (real weed mini S3 fixtures)
+from tests.services import mlflow_server, s3_bucket, s3_server  # noqa: F401  (real weed mini S3, mlflow server)
 
 TINY = {
     "name": "tiny",
