@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", default="runs/latest", help="run folder (pipeline root, artifacts)")
     p.add_argument("--tracking-uri", default=None)
+    p = sub.add_parser("expand", help="one dataset-expansion round locally through kfp.local")
+    _common(p)
+    p.add_argument("--incoming", required=True, help="raw data prefix (s3:// or folder) where new cases arrive")
+    p.add_argument("--versions", required=True, help="dataset versions root (s3:// or folder)")
+    p.add_argument("--out", default="runs/expand", help="run folder (pipeline root)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow (also the model registry)")
+    p.add_argument("--retrain", action="store_true", help="retrain AE/LDM instead of reusing the registered ones")
+    p.add_argument("--model-prefix", default="augpaint")
     p = sub.add_parser("compile", help="compile the KFP pipeline to YAML")
     p.add_argument("--out", default="augpaint_pipeline.yaml")
     p.add_argument("--image", default=None, help="component base image (default $AUGPAINT_IMAGE)")
@@ -191,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             cfg = load_config(args.config, args.set)  # fail fast, before kfp starts
             importlib.import_module("pipelines.local").run_local(cfg, Path(args.out), args.tracking_uri)
+        elif args.command == "expand":
+            cfg = load_config(args.config, args.set)
+            importlib.import_module("pipelines.local").run_expansion_local(
+                cfg, args.incoming, args.versions, Path(args.out), args.tracking_uri, retrain=args.retrain,
+                model_prefix=args.model_prefix)
         elif args.command in ("compile", "submit", "schedule", "runs", "sync-tracking"):
             _kfp_command(args)
     except AugPaintError as err:
