@@ -18,8 +18,11 @@ STAGE_INPUTS = {
                                                 "built-in phantom)")],
     "train-ae": [("--in", "dataset", True, "slice dataset artifact")],
     "train-ldm": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact")],
-    "inpaint": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact"),
-                ("--ldm", "ldm_path", True, "LDM artifact")],
+    "train-pixel": [("--in", "dataset", True, "slice dataset artifact")],
+    "inpaint": [("--in", "dataset", True, "slice dataset artifact"),
+                ("--ae", "ae_path", False, "AE artifact (not used by inpaint.sampler=repaint)"),
+                ("--ldm", "ldm_path", True, "LDM artifact, or the train-pixel model for inpaint.sampler=repaint")],
+    "merge-shards": [],
     "filter": [("--in", "dataset", True, "slice dataset artifact"),
                ("--synthetic", "synthetic", True, "synthetic dataset from inpaint")],
     "train-seg": [("--in", "dataset", True, "slice dataset artifact"),
@@ -49,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or "
                                                            "sqlite:///mlflow.db; 'none' disables)")
         p.add_argument("--parent-run-id", default="", help="MLflow parent run")
+        if stage == "inpaint":
+            p.add_argument("--shard", type=int, default=0, help="which shard of the work to do (0-based)")
+            p.add_argument("--num-shards", type=int, default=1, help="shards the work is cut into")
+        if stage == "merge-shards":
+            p.add_argument("--in", dest="shard_dirs", action="append", required=True,
+                           help="an inpaint shard artifact (repeat for every shard)")
         if stage == "train-seg":
             p.add_argument("--name", default=None, help="baseline or augpaint (for logs)")
         if stage == "preprocess":
@@ -174,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config, args.set)
             inputs = {dest: getattr(args, dest) for _, dest, _, _ in STAGE_INPUTS[args.command]}
-            inputs = {k: v for k, v in inputs.items() if v is not None or k == "input_dir"}
+            inputs = {k: v for k, v in inputs.items() if v is not None or k in ("input_dir", "ae_path")}
             if args.command == "train-seg":
                 inputs["name"] = args.name
+            if args.command == "inpaint":
+                inputs.update(shard=args.shard, num_shards=args.num_shards, progress=None)
+            if args.command == "merge-shards":
+                inputs["shard_dirs"] = args.shard_dirs
             if args.command == "preprocess":
                 if args.on_error:
                     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_error": args.on_error})})

@@ -133,13 +133,55 @@ class TrainingConfig(_Strict):
 
 
 class InpaintConfig(_Strict):
+    """Inpaint stage: which sampler, which kept region, and how the batch runs."""
+
+    sampler: Literal["ddim", "dpmsolver++", "unipc", "repaint"] = Field(
+        "ddim", description="latent AugPaint with DDIM (the paper), DPM-Solver++ or UniPC; or the pixel-space "
+                            "RePaint baseline (needs a train-pixel model instead of AE + LDM)")
     num_inference_steps: PositiveInt = 50
     samples_per_pair: PositiveInt = 5
-    eta: float = Field(0.0, ge=0.0, le=1.0)
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta")
+    known_noise: Literal["fresh", "fixed"] = Field(
+        "fresh", description="noise of the known region: a fresh draw every step (Algorithm 1) or one fixed draw")
+    mask: Literal["box", "label"] = Field(
+        "box", description="kept region: union of per-class bounding boxes (the paper), or the label shape "
+                           "(ablation, paper Table 6); both rounded outward to the AE's 4x4 latent grid")
+    box_margin: int = Field(0, ge=0, description="pixels added around the kept region before rounding")
+    mask_flip: bool = Field(False, description="randomly flip image+label vertically or horizontally before "
+                                               "inpainting (paper section 4.4; on for BraTS)")
+    repaint_jump_length: PositiveInt = Field(10, description="RePaint: steps jumped back per resampling")
+    repaint_resample: PositiveInt = Field(5, description="RePaint: resamplings per jump point (jump_n_sample)")
+    repaint_eta: float = Field(1.0, ge=0.0, le=1.0, description="RePaint: 1 = DDPM noise as in the RePaint paper")
     batch_size: PositiveInt = 8
-    mask_flip: bool = False
-    known_noise: Literal["fresh", "fixed"] = "fresh"
-    box_margin: int = Field(0, ge=0)
+    num_shards: PositiveInt = Field(1, description="parallel inpaint tasks (GPUs) the pipeline fans out to")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on a GPU that "
+                                                                           "has it, else fp32")
+    compile: bool = Field(False, description="torch.compile the U-Net (GPU only)")
+    batch_invariant: bool = Field(True, description="on CPU, use kernels whose per-item result does not depend "
+                                                    "on the batch size (bitwise reproducible for any batch size)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "InpaintConfig":
+        if self.sampler == "repaint" and self.repaint_jump_length >= self.num_inference_steps:
+            raise ValueError(f"inpaint.repaint_jump_length {self.repaint_jump_length} must be smaller than "
+                             f"inpaint.num_inference_steps {self.num_inference_steps}")
+        return self
+
+
+class PixelDMConfig(_Strict):
+    """The pixel-space U-Net of the RePaint baseline; it trains with the ldm section's recipe (schedule,
+    optimiser, steps, EMA), so only the architecture differs."""
+
+    block_channels: list[PositiveInt] = [128, 128, 256, 256, 512, 512]
+    attention: list[bool] = [False, False, False, True, True, True]
+    layers_per_block: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _check(self) -> "PixelDMConfig":
+        if len(self.attention) != len(self.block_channels):
+            raise ValueError("pixel.attention needs one entry per pixel.block_channels entry")
+        return self
 
 
 class SegConfig(_Strict):
@@ -209,6 +251,7 @@ class AugPaintConfig(_Strict):
     ae: AEConfig = AEConfig()
     ldm: LDMConfig = LDMConfig()
     inpaint: InpaintConfig = InpaintConfig()
+    pixel: PixelDMConfig = PixelDMConfig()
     filter: FilterConfig = FilterConfig()
     seg: SegConfig = SegConfig()
     training: TrainingConfig = TrainingConfig()

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel, VQModel
 from monai.networks.nets import BasicUNet
 
-from .config import AEConfig, LDMConfig, SegConfig
+from .config import AEConfig, LDMConfig, PixelDMConfig, SegConfig
 from .errors import AugPaintError
 
 AE_FACTOR = 4
@@ -94,6 +94,12 @@ def build_unet(cfg: LDMConfig, latent_size: int, channels: int) -> UNet2DModel:
         layers_per_block=cfg.layers_per_block, norm_num_groups=_groups(cfg.block_channels),
         attention_head_dim=min(32, min(cfg.block_channels)),
     )
+
+
+def build_pixel_unet(cfg: PixelDMConfig, image_size: int) -> UNet2DModel:
+    """The RePaint baseline's image-space U-Net (3 channels in and out); same block types as the latent U-Net."""
+    lcfg = LDMConfig(block_channels=cfg.block_channels, attention=cfg.attention, layers_per_block=cfg.layers_per_block)
+    return build_unet(lcfg, image_size, 3)
 
 
 def build_train_scheduler(cfg: LDMConfig) -> DDPMScheduler:

@@ -16,18 +16,20 @@ from .config import AugPaintConfig, config_from_yaml_text
 from .errors import AugPaintError
 from .evaluate import evaluate
 from .filter import filter_synthetic
-from .inpaint import inpaint
+from .inpaint import inpaint, merge_shards
 from .preprocess import preprocess
 from .tracking import stage_run
 from .train_ae import train_ae
-from .train_ldm import train_ldm
+from .train_ldm import train_ldm, train_pixel
 from .train_seg import train_seg
 
 STAGES: dict[str, Callable[..., Path]] = {
     "preprocess": preprocess,
     "train-ae": train_ae,
     "train-ldm": train_ldm,
+    "train-pixel": train_pixel,
     "inpaint": inpaint,
+    "merge-shards": merge_shards,
     "filter": filter_synthetic,
     "train-seg": train_seg,
     "evaluate": evaluate,

@@ -23,8 +23,8 @@ from .config import AugPaintConfig
 from .dataset import open_dataset
 from .errors import AugPaintError
 from .masks import random_keep_mask
-from .models import (AE_FACTOR, build_train_scheduler, build_unet, ddim_from, load_vqmodel, seed_everything,
-                     to_tensor, to_uint8)
+from .models import (AE_FACTOR, build_pixel_unet, build_train_scheduler, build_unet, ddim_from, load_vqmodel,
+                     seed_everything, to_tensor, to_uint8)
 from .train_ae import encode_latents, flipped_batch, image_grid
 from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
                        plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
@@ -48,7 +48,7 @@ def sample_unconditional(unet, scheduler_config, ae, n: int, steps: int, seed: i
     z = torch.randn((n, c, s, s), generator=g)
     for t in sched.timesteps:
         z = sched.step(unet(z, t).sample, t, z).prev_sample
-    return to_uint8(ae.decode(z / ae.config.scaling_factor).sample)
+    return to_uint8(z if ae is None else ae.decode(z / ae.config.scaling_factor).sample)
 
 
 @torch.no_grad()
@@ -80,27 +80,46 @@ def _keep_batch(size: int, seed: int, m: int, items: np.ndarray) -> torch.Tensor
     return torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
 
 
-def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out: str | Path, *,
+def train_pixel(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force: bool = False,
+                tracker=None) -> Path:
+    """The RePaint baseline's model: an image-space diffusion U-Net (``pixel`` architecture), trained with
+    exactly the LDM's recipe (``ldm`` schedule, optimiser, steps, EMA; ``training`` section).
+
+    Args:
+        cfg: config.
+        dataset: slice dataset artifact.
+        out: output artifact (``unet/`` and ``scheduler/``), read by ``inpaint.sampler: repaint``.
+        force: replace an existing output.
+        tracker: optional MLflow stage tracker.
+    """
+    return train_ldm(cfg, dataset, None, out, force=force, tracker=tracker)
+
+
+def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None, out: str | Path, *,
               force: bool = False, tracker=None) -> Path:
     """Stage 3: train the latent diffusion U-Net (unconditional, or conditional with ``ldm.conditional``).
 
     Args:
         cfg: config (``ldm`` and ``training`` sections, ``seed``).
         dataset: slice dataset artifact (training split: S^l + S^u).
-        ae_path: autoencoder artifact from train-ae.
+        ae_path: autoencoder artifact from train-ae; None trains in pixel space (see :func:`train_pixel`).
         out: output artifact (``unet/`` and ``scheduler/`` in diffusers format).
         force: replace an existing output.
         tracker: optional MLflow stage tracker.
     """
-    read_artifact_meta(ae_path, kind="model")
+    pixel = ae_path is None
     ds = open_dataset(dataset)
-    ae = load_vqmodel(ae_path)
-    if ae.config.latent_channels != cfg.ae.latent_channels:
-        raise AugPaintError(f"{ae_path}: AE has {ae.config.latent_channels} latent channels, "
-                            f"config ae.latent_channels is {cfg.ae.latent_channels}")
     size = ds.images.shape[1]
-    if ae.config.sample_size != size:
-        raise AugPaintError(f"{ae_path}: AE was trained on {ae.config.sample_size} px images, dataset has {size} px")
+    ae = None
+    if not pixel:
+        read_artifact_meta(ae_path, kind="model")
+        ae = load_vqmodel(ae_path)
+        if ae.config.latent_channels != cfg.ae.latent_channels:
+            raise AugPaintError(f"{ae_path}: AE has {ae.config.latent_channels} latent channels, "
+                                f"config ae.latent_channels is {cfg.ae.latent_channels}")
+        if ae.config.sample_size != size:
+            raise AugPaintError(f"{ae_path}: AE was trained on {ae.config.sample_size} px images, dataset has "
+                                f"{size} px")
     train_idx = ds.where(split="train")
     if len(train_idx) == 0:
         raise AugPaintError(f"{dataset}: no training images")
@@ -108,18 +127,24 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
     acc = make_accelerator(t)
     seed = cfg.seed + STAGE_SEED_OFFSET
     seed_everything(seed)
-    latent_size, channels = size // AE_FACTOR, ae.config.latent_channels
-    unet = build_unet(l, latent_size, channels)
+    conditional = l.conditional and not pixel
+    if pixel:
+        latent_size, channels = size, 3
+        unet = build_pixel_unet(cfg.pixel, size)
+    else:
+        latent_size, channels = size // AE_FACTOR, ae.config.latent_channels
+        unet = build_unet(l, latent_size, channels)
     sched = build_train_scheduler(l)
     opt = torch.optim.AdamW(unet.parameters(), lr=l.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in unet.parameters()] if l.ema_decay > 0 else None
     parts = {"unet": unet, "opt": opt} | ({"ema": ema} if ema is not None else {})
     ckpt = Checkpointer(checkpoint_dir(t, out), t.keep_checkpoints, {"unet": arch_of(unet)},
-                        run_identity(cfg, l, {"dataset": dataset, "ae": ae_path}, acc))
+                        run_identity(cfg, l, {"dataset": dataset} | ({} if pixel else {"ae": ae_path}), acc))
     start = resume_state(ckpt, t, parts, log)
-    ae = ae.to(acc.device)
-    scale = ae.config.scaling_factor
-    if not l.conditional:
+    if not pixel:
+        ae = ae.to(acc.device)
+    scale = 1.0 if pixel else ae.config.scaling_factor
+    if not conditional and not pixel:
         # The AE is frozen: latents of every image and its mirror are computed once ([originals, mirrors]).
         z_all = torch.cat([_latents(ae, ds.images, train_idx, flip, acc.device) for flip in (False, True)]) * scale
         n_items = 2 * len(train_idx)
@@ -138,7 +163,9 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
             g = step_generator(seed, m)
             noise = torch.randn((len(gidx), channels, latent_size, latent_size), generator=g)[part].to(acc.device)
             ts = torch.randint(0, sched.config.num_train_timesteps, (len(gidx),), generator=g)[part].to(acc.device)
-            if l.conditional:
+            if pixel:  # images straight from the dataset, mirrored with p=0.5 as the latent model sees them
+                z = flipped_batch(ds.images, train_idx[gidx], step_generator(seed, m, 1), part).to(acc.device)
+            elif conditional:
                 x = flipped_batch(ds.images, train_idx[gidx], step_generator(seed, m, 1), part).to(acc.device)
                 keep = _keep_batch(size, seed, m, np.arange(len(gidx))[part]).to(acc.device)
                 z = encode_latents(ae, x) * scale
@@ -146,7 +173,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
             else:
                 z = z_all[gidx[part]].to(acc.device)
             zt = sched.add_noise(z, noise, ts)
-            inp = torch.cat([zt, cond], 1) if l.conditional else zt
+            inp = torch.cat([zt, cond], 1) if conditional else zt
             if t.channels_last:
                 inp = inp.contiguous(memory_format=torch.channels_last)
             sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(unet)
@@ -179,9 +206,11 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path, out
     with atomic_dir(out, force=force) as tmp:
         final.save_pretrained(tmp / "unet")
         sched.save_pretrained(tmp / "scheduler")
-        write_artifact_meta(tmp, kind="model", stage="train-ldm", config=cfg.model_dump(mode="json"),
-                            seed=cfg.seed, inputs={"dataset": dataset, "ae": ae_path},
-                            extra={"latent_size": latent_size, "conditional": l.conditional, "steps": steps,
+        write_artifact_meta(tmp, kind="model", stage="train-pixel" if pixel else "train-ldm",
+                            config=cfg.model_dump(mode="json"), seed=cfg.seed,
+                            inputs={"dataset": dataset} | ({} if pixel else {"ae": ae_path}),
+                            extra={"space": "pixel" if pixel else "latent", "latent_size": latent_size,
+                                   "conditional": conditional, "steps": steps,
                                    "resumed_from_step": start, "processes": world,
                                    "mixed_precision": acc.mixed_precision, "history": history})
     if tracker:
@@ -200,6 +229,8 @@ def _with_ema(unet, ema: list[torch.Tensor] | None):
 def _preview(unet, ema, sched, ae, ds, cfg: AugPaintConfig) -> np.ndarray:
     """Sample grid for MLflow: unconditional samples, or [image | masked | sample] rows for the conditional model."""
     model = _with_ema(unet, ema).float().eval().cpu()
+    if ae is None:  # pixel-space model
+        return image_grid([sample_unconditional(model, sched.config, None, 6, 50, cfg.seed)])
     ae = copy.deepcopy(ae).float().cpu()  # the training copy stays on its device
     if not cfg.ldm.conditional:
         return image_grid([sample_unconditional(model, sched.config, ae, 6, 50, cfg.seed)])
