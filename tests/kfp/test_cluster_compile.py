@@ -106,3 +106,39 @@ def test_one_shard_means_no_fan_out(tmp_path, monkeypatch):
     spec, _ = _compile(tmp_path, "augpaint", parse_config(d), monkeypatch)
     assert not [t for t in _tasks(spec).values() if "iteratorPolicy" in t]
     assert "merge-inpaint-shards" not in _tasks(spec)
+
+
+def test_expansion_pipeline_cluster_settings(tmp_path, monkeypatch):
+    spec, k8s = _compile(tmp_path, "expansion", _cfg(), monkeypatch)
+    tasks = _tasks(spec)
+    gpu = {"expansion-ae", "expansion-ldm", "inpaint", "filter-synthetic", "train-seg-augpaint", "promote-segmenter"}
+    assert gpu <= tasks.keys()
+    for name in gpu:
+        ex = _executor(spec, tasks[name])
+        acc = spec["deploymentSpec"]["executors"][ex]["container"]["resources"]["accelerator"]
+        assert acc["resourceType"] == "nvidia.com/gpu", name
+        plat = k8s[ex]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in plat["tolerations"]
+        assert any(m["mountPath"] == "/dev/shm" and m["medium"] == "Memory" for m in plat["emptyDirMounts"])
+        assert {s["secretName"] for s in plat["secretAsEnv"]} == {"s3-creds", "mlflow-creds"}
+    for name in ("expansion-ae", "expansion-ldm", "inpaint", "filter-synthetic", "train-seg-augpaint"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 3, name
+    # Cached by the incoming data's fingerprint; registry reads, publishing and promotion never.
+    assert tasks["prepare-dataset"]["cachingOptions"].get("enableCache") is True
+    assert tasks["prepare-dataset"]["inputs"]["parameters"]["data_version"]["taskOutputParameter"] == \
+        {"producerTask": "scan-incoming", "outputParameterKey": "fingerprint"}
+    for name in ("expansion-ae", "expansion-ldm", "publish-dataset-version", "promote-segmenter", "scan-incoming"):
+        assert not tasks[name]["cachingOptions"].get("enableCache"), name
+    # Inpainting and everything after it only run when there are new labeled cases.
+    cond = [t for t in tasks.values() if "triggerPolicy" in t and "condition" in t["triggerPolicy"]]
+    assert len(cond) == 1 and "select-new-cases" in cond[0]["triggerPolicy"]["condition"]
+    body = spec["components"][cond[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"publish-dataset-version", "promote-segmenter", "merge-inpaint-shards"} <= body.keys()
+    loops = [t for t in tasks.values() if "iteratorPolicy" in t]
+    assert len(loops) == 1 and loops[0]["iteratorPolicy"]["parallelismLimit"] == 2
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"incoming_uri", "versions_uri", "retrain", "model_prefix"} <= params.keys()
+    for name, p in params.items():
+        assert len(p.get("description", "")) > 15, name
+    assert spec["root"]["dag"]["tasks"]["close-tracking"]["triggerPolicy"]["strategy"] == \
+        "ALL_UPSTREAM_TASKS_COMPLETED"
