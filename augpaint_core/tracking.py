@@ -118,12 +118,19 @@ class Spool:
         if not self.records:
             return None
         folder = self._folder()
-        dest = storage.join(self.uri, self.bundle)
-        files = folder / "files"
-        if files.is_dir():
-            storage.upload_dir(files, storage.join(dest, "files"))
         (folder / SPOOL_RECORDS).write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        storage.upload_file(folder / SPOOL_RECORDS, storage.join(dest, SPOOL_RECORDS))  # last: the commit point
+        local = str(Path.home() / ".cache" / "augpaint" / "mlflow-spool")
+        for root in dict.fromkeys([self.uri, local]):  # the spool's store down too: keep them on local disk
+            dest = storage.join(root, self.bundle)
+            try:
+                if (folder / "files").is_dir():
+                    storage.upload_dir(folder / "files", storage.join(dest, "files"))
+                storage.upload_file(folder / SPOOL_RECORDS, storage.join(dest, SPOOL_RECORDS))  # last: commit point
+                break
+            except AugPaintError as err:
+                if root == local:
+                    raise
+                log.warning("MLflow spool %s unusable (%s); keeping the records in %s", root, err, local)
         shutil.rmtree(folder, ignore_errors=True)
         self._tmp, self.records = None, []
         log.warning("MLflow records kept in %s; replay them with `augpaint sync-tracking` once the server is back",
