@@ -37,7 +37,7 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     """
     from kfp import local
 
-    from pipelines.augpaint_pipeline import augpaint_pipeline
+    from pipelines.augpaint_pipeline import build_pipeline
 
     out = out.resolve()
     root = out / "pipeline_root"
@@ -46,7 +46,8 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
     try:
-        augpaint_pipeline(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+        # Built for this config, so inpaint.num_shards fans out locally too.
+        build_pipeline(cfg)(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
     except RuntimeError as err:
         raise AugPaintError(f"pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in {root})"
                             ) from None
@@ -90,7 +91,7 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
     from kfp import local
 
     from augpaint_core import versions
-    from pipelines.expansion_pipeline import expansion_pipeline
+    from pipelines.expansion_pipeline import build_pipeline
 
     out = out.resolve()
     root = out / "pipeline_root"
@@ -99,7 +100,7 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
     before = versions.latest_version(versions_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     try:
-        expansion_pipeline(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(),
+        build_pipeline(cfg)(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(),
                            retrain=retrain, model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
     except RuntimeError as err:
         raise AugPaintError(f"expansion pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in "

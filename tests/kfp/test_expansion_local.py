@@ -25,10 +25,18 @@ def _upload_cases(raw: Path, incoming: str, cases: range) -> None:
     storage.upload_file(raw / "dataset.json", f"{incoming}/dataset.json")
 
 
-def _synthetic_cases(pipeline_root: str) -> set[str]:
-    found = [p.parent for p in Path(pipeline_root).rglob("artifact.json") if "/inpaint/" in str(p)]
-    assert len(found) == 1, found
-    return {r["case_id"] for r in load_dataset(found[0]).records}
+def _synthetic_cases(pipeline_root: str, shards: int = 1) -> set[str]:
+    """Case ids of the synthetic slices this round made (the merged shards when it fanned out)."""
+    made = [p.parent for p in Path(pipeline_root).rglob("artifact.json") if "/inpaint/" in str(p)]
+    assert len(made) == shards, made
+    if shards == 1:
+        return {r["case_id"] for r in load_dataset(made[0]).records}
+    merged = [p.parent for p in Path(pipeline_root).rglob("artifact.json") if "/merge-inpaint-shards/" in str(p)]
+    assert len(merged) == 1, merged
+    parts = sum(len(load_dataset(d).records) for d in made)
+    recs = load_dataset(merged[0]).records
+    assert len(recs) == parts  # every shard's slices, once
+    return {r["case_id"] for r in recs}
 
 
 def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monkeypatch):
@@ -51,13 +59,15 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     assert first_new and _synthetic_cases(r1["pipeline_root"]) == first_new
 
     _upload_cases(raw, incoming, range(FIRST, TOTAL))  # new cases arrive
-    r2 = run_expansion_local(cfg, incoming, vroot, tmp_path / "run2", uri, model_prefix=prefix, experiment=exp,
+    # Round 2 fans inpainting out over 2 shards (ParallelFor + merge) to run that path locally too.
+    cfg2 = parse_config({**tiny_dict(), "inpaint": {**tiny_dict()["inpaint"], "num_shards": 2, "batch_size": 2}})
+    r2 = run_expansion_local(cfg2, incoming, vroot, tmp_path / "run2", uri, model_prefix=prefix, experiment=exp,
                              quiet=True)
     assert r2["published"] and r2["version"] == 2 and r2["parent"] == 1
     new = set(r2["info"]["new_cases"])
     assert new and not new & first_new
     assert new <= {f"phantom_{c:03d}" for c in range(FIRST, TOTAL)}
-    assert _synthetic_cases(r2["pipeline_root"]) == new  # only the new cases were inpainted
+    assert _synthetic_cases(r2["pipeline_root"], shards=2) == new  # only the new cases were inpainted
     assert set(r2["info"]["expanded_cases"]) == first_new | new
     # Old patients kept their split; the parent's synthetic slices were carried over.
     for patient, split in r1["info"]["splits"].items():
@@ -79,10 +89,12 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     assert all(p.data.tags.get("kfp.pipeline_run_id") for p in parents)
-    for p in parents:
-        kids = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id}
-        assert {"expand-prepare", "expand-ae", "expand-ldm", "expand-select", "inpaint", "filter",
-                "expand-publish", "train-seg-augpaint", "expand-promote"} <= kids
+    stages = {"expand-prepare", "expand-ae", "expand-ldm", "expand-select", "filter", "expand-publish",
+              "train-seg-augpaint", "expand-promote"}
+    kids = [{r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id}
+            for p in sorted(parents, key=lambda p: p.info.start_time)]
+    assert stages | {"inpaint"} <= kids[0]
+    assert stages | {"inpaint-shard-0", "inpaint-shard-1"} <= kids[1]
     # Round 2 reused the registered AE/LDM: still one version each, and the stage says where it came from.
     for kind in ("ae", "ldm"):
         assert [m.version for m in c.search_model_versions(f"name='{prefix}-{kind}'")] == ["1"]
