@@ -372,6 +372,61 @@ def pending_bundles(spool: str | None = None) -> list[str]:
     return sorted(out)
 
 
+def _replay(client, uri: str, bundle: str, rec: dict, ids: dict[str, str], made: dict[str, str], tmp: str) -> None:
+    """Send one spooled record to the server (offline run ids mapped through ``ids``)."""
+    from mlflow.entities import Metric, Param
+
+    from . import storage
+
+    b = bundle
+    run = ids.get(rec["run"], rec["run"])
+    op = rec["op"]
+    if op == "create":
+        parent = ids.get(rec["parent"], rec["parent"])
+        tags = dict(rec["tags"])
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+            exp = client.get_run(parent).info.experiment_id
+        else:
+            exp = _experiment_id(client, uri, rec["experiment"])
+        new = client.create_run(exp, run_name=rec["name"], tags={**tags, "augpaint.synced": "true"})
+        ids[rec["run"]] = made[rec["run"]] = new.info.run_id
+    elif op == "params":
+        items = [Param(k, v) for k, v in rec["params"].items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run, params=items[i:i + 100])
+    elif op == "metrics":
+        items = [Metric(k, v, ts, st) for k, v, ts, st in rec["metrics"]]
+        for i in range(0, len(items), 500):
+            client.log_batch(run, metrics=items[i:i + 500])
+    elif op == "tags":
+        for k, v in rec["tags"].items():
+            client.set_tag(run, k, v)
+    elif op in ("image", "artifact"):
+        local = Path(tmp) / rec["file"]
+        storage.download(storage.join(b, rec["file"]), local)
+        if op == "image":
+            named = Path(tmp) / "named" / Path(rec["name"]).name
+            named.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, named)
+            folder = str(Path(rec["name"]).parent)
+            client.log_artifact(run, str(named), None if folder == "." else folder)
+        else:
+            named = Path(tmp) / "named" / local.name.split("-", 1)[1]
+            named.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, named)
+            client.log_artifact(run, str(named), rec["folder"])
+    elif op == "terminate":
+        client.set_terminated(run, status=rec["status"])
+    elif op == "close":
+        exp = client.get_experiment_by_name(rec["experiment"])
+        if exp is not None:
+            for r in client.search_runs([exp.experiment_id], filter_string=(
+                    f"tags.`kfp.pipeline_run_id` = '{rec['kfp_run_id']}'")):
+                if r.info.status == "RUNNING":
+                    client.set_terminated(r.info.run_id, status=rec["status"])
+
+
 def sync_spool(uri: str | None, spool: str | None = None) -> int:
     """Replay spooled tracking records into the server; return how many bundles were replayed.
 
@@ -384,8 +439,6 @@ def sync_spool(uri: str | None, spool: str | None = None) -> int:
         uri: tracking URI.
         spool: spool folder or s3:// prefix (default :func:`spool_uri`).
     """
-    from mlflow.entities import Metric, Param
-
     from . import storage
 
     root = spool or spool_uri()
@@ -404,55 +457,21 @@ def sync_spool(uri: str | None, spool: str | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             records = [json.loads(line) for line in storage.read_bytes(storage.join(b, SPOOL_RECORDS)).decode()
                        .splitlines() if line.strip()]
+            errors = []
             for rec in records:
-                run = ids.get(rec["run"], rec["run"])
-                op = rec["op"]
-                if op == "create":
-                    parent = ids.get(rec["parent"], rec["parent"])
-                    tags = dict(rec["tags"])
-                    if parent:
-                        tags["mlflow.parentRunId"] = parent
-                        exp = client.get_run(parent).info.experiment_id
-                    else:
-                        exp = _experiment_id(client, uri, rec["experiment"])
-                    new = client.create_run(exp, run_name=rec["name"], tags={**tags, "augpaint.synced": "true"})
-                    ids[rec["run"]] = made[rec["run"]] = new.info.run_id
-                elif op == "params":
-                    items = [Param(k, v) for k, v in rec["params"].items()]
-                    for i in range(0, len(items), 100):
-                        client.log_batch(run, params=items[i:i + 100])
-                elif op == "metrics":
-                    items = [Metric(k, v, ts, st) for k, v, ts, st in rec["metrics"]]
-                    for i in range(0, len(items), 500):
-                        client.log_batch(run, metrics=items[i:i + 500])
-                elif op == "tags":
-                    for k, v in rec["tags"].items():
-                        client.set_tag(run, k, v)
-                elif op in ("image", "artifact"):
-                    local = Path(tmp) / rec["file"]
-                    storage.download(storage.join(b, rec["file"]), local)
-                    if op == "image":
-                        named = Path(tmp) / "named" / Path(rec["name"]).name
-                        named.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(local, named)
-                        folder = str(Path(rec["name"]).parent)
-                        client.log_artifact(run, str(named), None if folder == "." else folder)
-                    else:
-                        named = Path(tmp) / "named" / local.name.split("-", 1)[1]
-                        named.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(local, named)
-                        client.log_artifact(run, str(named), rec["folder"])
-                elif op == "terminate":
-                    client.set_terminated(run, status=rec["status"])
-                elif op == "close":
-                    exp = client.get_experiment_by_name(rec["experiment"])
-                    if exp is not None:
-                        for r in client.search_runs([exp.experiment_id], filter_string=(
-                                f"tags.`kfp.pipeline_run_id` = '{rec['kfp_run_id']}'")):
-                            if r.info.status == "RUNNING":
-                                client.set_terminated(r.info.run_id, status=rec["status"])
+                try:
+                    _replay(client, uri, b, rec, ids, made, tmp)
+                except Exception as err:  # noqa: BLE001
+                    try:  # the server went away: keep the bundle pending, try again later
+                        client.search_experiments(max_results=1)
+                    except Exception:  # noqa: BLE001
+                        raise _unreachable(uri, err) from None
+                    # A record the server refuses for good is noted, so it cannot block later bundles.
+                    errors.append({"op": rec.get("op"), "error": f"{type(err).__name__}: {str(err)[:300]}"})
+                    log.warning("sync-tracking: %s: record %s refused (%s)", b, rec.get("op"), err)
             marker = Path(tmp) / SPOOL_SYNCED
-            marker.write_text(json.dumps({"ids": made, "synced": time.time(), "tracking_uri": uri}))
+            marker.write_text(json.dumps({"ids": made, "synced": time.time(), "tracking_uri": uri,
+                                          "errors": errors}))
             storage.upload_file(marker, storage.join(b, SPOOL_SYNCED))
     return len(bundles)
 

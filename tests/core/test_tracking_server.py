@@ -125,3 +125,22 @@ def test_spool_is_replayable_from_a_local_folder(mlflow_server, monkeypatch, tmp
     assert sync_spool(mlflow_server.uri, str(spool)) == 1
     run = _runs(mlflow_server.uri, "augpaint")["preprocess"]
     assert run.data.metrics["slices"] == 12.0 and run.info.status == "FINISHED"
+
+
+def test_a_refused_record_does_not_block_later_bundles(mlflow_server, monkeypatch, tmp_path):
+    spool = tmp_path / "spool"
+    bad = spool / "00000000000000000001-bad"
+    bad.mkdir(parents=True)
+    # A record for a run the server does not know (deleted meanwhile, say): refused for good.
+    (bad / "records.jsonl").write_text(json.dumps({"run": "f" * 32, "op": "metrics",
+                                                   "metrics": [["x", 1.0, 0, 0]]}) + "\n")
+    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with stage_run("http://127.0.0.1:9", "", "later-stage") as t:  # spooled after the bad bundle
+        t.log_metrics({"ok": 1.0})
+    assert len(pending_bundles(str(spool))) == 2
+    assert sync_spool(mlflow_server.uri, str(spool)) == 2
+    assert pending_bundles(str(spool)) == []
+    note = json.loads((bad / "synced.json").read_text())
+    assert note["errors"] and note["errors"][0]["op"] == "metrics"
+    assert _runs(mlflow_server.uri, "augpaint")["later-stage"].data.metrics["ok"] == 1.0
