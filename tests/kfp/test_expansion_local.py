@@ -15,13 +15,15 @@ from augpaint_core.phantom import write_phantom
 from tests.conftest import tiny_dict
 
 FIRST, TOTAL = 8, 12
+UNLABELED = f"phantom_{TOTAL:03d}"  # arrives in round 2 without a label
 
 
-def _upload_cases(raw: Path, incoming: str, cases: range) -> None:
+def _upload_cases(raw: Path, incoming: str, cases: range, labeled: bool = True) -> None:
     for c in cases:
         name = f"phantom_{c:03d}"
         storage.upload_file(raw / "imagesTr" / f"{name}_0000.nii.gz", f"{incoming}/imagesTr/{name}_0000.nii.gz")
-        storage.upload_file(raw / "labelsTr" / f"{name}.nii.gz", f"{incoming}/labelsTr/{name}.nii.gz")
+        if labeled:
+            storage.upload_file(raw / "labelsTr" / f"{name}.nii.gz", f"{incoming}/labelsTr/{name}.nii.gz")
     storage.upload_file(raw / "dataset.json", f"{incoming}/dataset.json")
 
 
@@ -46,7 +48,7 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUGPAINT_MLFLOW_SPOOL", str(tmp_path / "spool"))
-    raw = write_phantom(tmp_path / "raw", seed=0, num_cases=TOTAL, slices=4, size=48)
+    raw = write_phantom(tmp_path / "raw", seed=0, num_cases=TOTAL + 1, slices=4, size=48)
     incoming, vroot = f"s3://{s3_bucket}/incoming", f"s3://{s3_bucket}/datasets/phantom"
     cfg = parse_config(tiny_dict(), "tiny")
     prefix, exp, uri = f"t{uuid.uuid4().hex[:6]}", f"exp-{uuid.uuid4().hex[:6]}", mlflow_server.uri
@@ -58,7 +60,8 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     first_new = set(r1["info"]["new_cases"])
     assert first_new and _synthetic_cases(r1["pipeline_root"]) == first_new
 
-    _upload_cases(raw, incoming, range(FIRST, TOTAL))  # new cases arrive
+    _upload_cases(raw, incoming, range(FIRST, TOTAL))  # new labeled cases arrive
+    _upload_cases(raw, incoming, range(TOTAL, TOTAL + 1), labeled=False)  # and an unlabeled one
     # Round 2 fans inpainting out over 2 shards (ParallelFor + merge) to run that path locally too.
     cfg2 = parse_config({**tiny_dict(), "inpaint": {**tiny_dict()["inpaint"], "num_shards": 2, "batch_size": 2}})
     r2 = run_expansion_local(cfg2, incoming, vroot, tmp_path / "run2", uri, model_prefix=prefix, experiment=exp,
@@ -69,6 +72,9 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     assert new <= {f"phantom_{c:03d}" for c in range(FIRST, TOTAL)}
     assert _synthetic_cases(r2["pipeline_root"], shards=2) == new  # only the new cases were inpainted
     assert set(r2["info"]["expanded_cases"]) == first_new | new
+    # The unlabeled arrival joins the dataset as unlabeled training slices and is never inpainted.
+    assert r1["counts"]["unlabeled_slices"] == 0 and r2["counts"]["unlabeled_slices"] == 4
+    assert UNLABELED not in r2["info"]["expanded_cases"] and UNLABELED not in r2["info"]["splits"]
     # Old patients kept their split; the parent's synthetic slices were carried over.
     for patient, split in r1["info"]["splits"].items():
         assert r2["info"]["splits"][patient] == split
@@ -80,7 +86,10 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     # The filter keeps the best fraction, so some cases may have no synthetic slice left; none is foreign.
     assert {r["case_id"] for r in syn.records} <= first_new | new
     assert len(syn.records) == man["counts"]["synthetic_slices"]
-    assert {r["case_id"] for r in load_dataset(local / "dataset").records} == {f"phantom_{c:03d}" for c in range(TOTAL)}
+    real = load_dataset(local / "dataset")
+    assert {r["case_id"] for r in real.records} == {f"phantom_{c:03d}" for c in range(TOTAL + 1)}
+    unl = [i for i, r in enumerate(real.records) if r["case_id"] == UNLABELED]
+    assert all(not real.records[i]["labeled"] for i in unl) and not real.labels[unl].any()
     assert man["content_sha256"] == versions.content_hash(man["files"])
 
     # MLflow, read back from the server: one FINISHED parent per round with nested stage runs.
