@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test compile clean venv
+.PHONY: demo test compile clean venv lock image manifests
 
 venv: $(STAMP)
 
@@ -28,6 +28,19 @@ test: $(STAMP)
 
 compile: $(STAMP)
 	$(BIN)/augpaint compile --out augpaint_pipeline.yaml
+
+# The image's pins: every package of the tested .venv (docker/constraints.txt).
+lock: $(STAMP)
+	{ echo "# Every package of the tested environment, pinned (pip freeze of .venv, CPU suffixes dropped)."; \
+	  echo "# The image installs requirements.txt under these constraints; refresh with: make lock"; \
+	  $(BIN)/pip freeze --disable-pip-version-check 2>/dev/null | grep -v '^-e\|^augpaint\|@ file\|^#' | \
+	  sed 's/+cpu$$//'; } > docker/constraints.txt
+
+image:
+	docker/build.sh
+
+manifests:
+	for o in manifests/overlays/*/; do kubectl kustomize $$o > /dev/null && echo "rendered $$o"; done
 
 clean:
 	rm -rf runs mlflow.db mlartifacts augpaint_pipeline.yaml

@@ -71,9 +71,41 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--out", default="runs/latest", help="run folder (pipeline root, artifacts)")
     p.add_argument("--tracking-uri", default=None)
+    p = sub.add_parser("expand", help="one dataset-expansion round locally through kfp.local")
+    _common(p)
+    p.add_argument("--incoming", required=True, help="raw data prefix (s3:// or folder) where new cases arrive")
+    p.add_argument("--versions", required=True, help="dataset versions root (s3:// or folder)")
+    p.add_argument("--out", default="runs/expand", help="run folder (pipeline root)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow (also the model registry)")
+    p.add_argument("--retrain", action="store_true", help="retrain AE/LDM instead of reusing the registered ones")
+    p.add_argument("--model-prefix", default="augpaint")
     p = sub.add_parser("compile", help="compile the KFP pipeline to YAML")
     p.add_argument("--out", default="augpaint_pipeline.yaml")
     p.add_argument("--image", default=None, help="component base image (default $AUGPAINT_IMAGE)")
+    _cluster_args(p)
+    for name, help_ in (("submit", "create a KFP run on a cluster"),
+                        ("schedule", "create a recurring KFP run (6-field cron, one at a time, no catch-up)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--host", required=True, help="KFP API URL (token from $KFP_TOKEN if needed)")
+        _cluster_args(p)
+        p.add_argument("--package", default=None, help="compiled pipeline YAML (default: compile now)")
+        p.add_argument("--image", default=None, help="component image when compiling here")
+        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
+        p.add_argument("--experiment", default="augpaint", help="KFP experiment")
+        p.add_argument("--namespace", default=None, help="Kubeflow profile namespace")
+        if name == "submit":
+            p.add_argument("--run-name", default=None)
+        else:
+            p.add_argument("--cron", required=True, help="seconds first, e.g. '0 0 3 * * 1' (Mondays 03:00)")
+            p.add_argument("--name", required=True, help="recurring run name")
+    p = sub.add_parser("runs", help="list the newest KFP runs")
+    p.add_argument("--host", required=True)
+    p.add_argument("--experiment", default=None)
+    p.add_argument("--namespace", default=None)
+    p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("sync-tracking", help="replay MLflow records kept while the server was down")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--spool", default=None, help="spool folder or s3:// prefix (default $AUGPAINT_MLFLOW_SPOOL)")
     p = sub.add_parser("make-phantom", help="write the built-in phantom in nnU-Net v2 raw format")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -87,6 +119,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     return ap
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="preset: its cluster section shapes the tasks; it is also the "
+                                                  "config_yaml parameter's default")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--pipeline", default=None, choices=["augpaint", "expansion"],
+                   help="which pipeline (default: augpaint; expansion for schedule)")
+
+
+def _kfp_command(args: argparse.Namespace) -> None:
+    """compile / submit / schedule / runs / sync-tracking (the kfp layer is imported only here)."""
+    cfg = load_config(args.config, args.set) if getattr(args, "config", None) else None
+    if getattr(args, "set", None) and cfg is None:
+        raise AugPaintError("--set needs --config")
+    if args.command == "compile":
+        out = importlib.import_module("pipelines.compile").compile_pipeline(
+            args.out, image=args.image, cfg=cfg, pipeline=args.pipeline or "augpaint")
+        print(f"compile: wrote {out}")
+        return
+    if args.command == "sync-tracking":
+        from .tracking import sync_spool
+
+        print(f"sync-tracking: replayed {sync_spool(args.tracking_uri, args.spool)} bundle(s)")
+        return
+    client = importlib.import_module("pipelines.client")
+    if args.command == "runs":
+        rows = client.list_runs(args.host, experiment=args.experiment, namespace=args.namespace, limit=args.limit)
+        for r in rows:
+            print(f"{r['run_id']}  {r['state']:<10}  {r['created_at']:<26}  {r['name']}")
+        if not rows:
+            print("runs: none")
+        return
+    kw = dict(cfg=cfg, package=args.package, params=client.parse_params(args.param), experiment=args.experiment,
+              namespace=args.namespace, image=args.image)
+    if args.command == "submit":
+        run_id = client.submit(args.host, pipeline=args.pipeline or "augpaint", run_name=args.run_name, **kw)
+        print(f"submit: created run {run_id} ({args.host.rstrip('/')}/#/runs/details/{run_id})")
+    else:
+        rid = client.schedule(args.host, cron=args.cron, name=args.name, pipeline=args.pipeline or "expansion", **kw)
+        print(f"schedule: created recurring run {rid} (cron '{args.cron}', max_concurrency 1, no catch-up)")
 
 
 def _print_preprocess_report(out: Path) -> None:
@@ -139,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             cfg = load_config(args.config, args.set)  # fail fast, before kfp starts
             importlib.import_module("pipelines.local").run_local(cfg, Path(args.out), args.tracking_uri)
-        elif args.command == "compile":
-            out = importlib.import_module("pipelines.compile").compile_pipeline(args.out, image=args.image)
-            print(f"compile: wrote {out}")
+        elif args.command == "expand":
+            cfg = load_config(args.config, args.set)
+            importlib.import_module("pipelines.local").run_expansion_local(
+                cfg, args.incoming, args.versions, Path(args.out), args.tracking_uri, retrain=args.retrain,
+                model_prefix=args.model_prefix)
+        elif args.command in ("compile", "submit", "schedule", "runs", "sync-tracking"):
+            _kfp_command(args)
     except AugPaintError as err:
         print(f"augpaint {args.command}: error: {err}", file=sys.stderr)
         return 2

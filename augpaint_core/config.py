@@ -209,6 +209,43 @@ class TrackingConfig(_Strict):
     experiment: str = "augpaint"
 
 
+class TolerationConfig(_Strict):
+    """One Kubernetes toleration (e.g. the taint on NVIDIA GPU nodes)."""
+
+    key: str = "nvidia.com/gpu"
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] = "NoSchedule"
+
+
+class ClusterConfig(_Strict):
+    """How the compiled pipeline runs on Kubeflow (read by ``augpaint compile``; ignored by local runs)."""
+
+    gpu_resource: str = Field("nvidia.com/gpu", description="accelerator resource each GPU stage requests")
+    gpus_per_task: PositiveInt = 1
+    tolerations: list[TolerationConfig] = Field(default_factory=lambda: [TolerationConfig()],
+                                                description="tolerations of the GPU stages")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="node labels for the GPU stages, "
+                                          "e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}")
+    shm_size: str = Field("8Gi", description="size of the memory emptyDir mounted at /dev/shm")
+    cpu_limit: str = "8"
+    memory_limit: str = "48G"
+    minio_secret: str = Field("augpaint-minio", description="secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                                                            "AUGPAINT_S3_ENDPOINT")
+    mlflow_secret: str = Field("augpaint-mlflow", description="secret with MLFLOW_TRACKING_URI and "
+                                                              "AUGPAINT_MLFLOW_SPOOL (s3:// prefix for records kept "
+                                                              "while MLflow is down)")
+    retries: int = Field(2, ge=0, description="retries of the training and inpainting tasks")
+    retry_backoff_s: PositiveInt = 60
+    timeout_s: dict[str, PositiveInt] = Field(
+        default_factory=lambda: {"preprocess": 6 * 3600, "train-ae": 48 * 3600, "train-ldm": 72 * 3600,
+                                 "inpaint": 24 * 3600, "filter": 12 * 3600, "train-seg": 24 * 3600,
+                                 "evaluate": 3600},
+        description="per-stage timeout in seconds")
+    shard_parallelism: PositiveInt = Field(8, description="at most this many inpainting shards (inpaint.num_shards, "
+                                                          "one pod and GPU each) run at once")
+
+
 class AugPaintConfig(_Strict):
     name: str = "augpaint"
     seed: int = 0
@@ -221,6 +258,7 @@ class AugPaintConfig(_Strict):
     seg: SegConfig = SegConfig()
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``a.b.c -> value`` view, for MLflow params."""

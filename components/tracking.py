@@ -21,7 +21,7 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
         params = config_from_yaml_text(config_yaml).flat()
         return start_parent_run(tracking_uri, experiment, kfp_run_name,
                                 tags={"kfp.pipeline_run_id": kfp_run_id, "kfp.pipeline_run_url": url},
-                                params=params)
+                                params=params, offline_ok=True)  # server down: spool, the pipeline goes on
     except AugPaintError as err:
         print(f"augpaint start-tracking: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -29,9 +29,10 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def close_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
-    """Exit handler: close this pipeline run's parent MLflow run with the pipeline's final state."""
+    """Exit handler: replay spooled records, then close this pipeline run's parent MLflow run with its final state."""
     from augpaint_core.tracking import close_parent_runs
 
     state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
     if tracking_uri != "none":
-        close_parent_runs(tracking_uri, experiment, kfp_run_id, state.get(str(status.state).upper(), "FAILED"))
+        close_parent_runs(tracking_uri, experiment, kfp_run_id, state.get(str(status.state).upper(), "FAILED"),
+                          offline_ok=True)

@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# Build the component image with an immutable tag: <version>-<git short sha>[-dirty].
-# Usage: docker/build.sh [registry/name]   (default ghcr.io/augpaint/augpaint)
-# Then compile with the same tag: AUGPAINT_IMAGE=<printed image> augpaint compile
+# Build the component image (and the MLflow server image) with immutable tags:
+#   <registry>/augpaint:<version>-<git short sha>[-dirty]   <registry>/mlflow-server:<mlflow version>
+# Usage: docker/build.sh [--print] [registry]   (default registry ghcr.io/augpaint)
+#   --print  only print the image names (no Docker engine needed)
+# Then compile with the same tag:  augpaint compile --image <printed augpaint image> --config configs/paper.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:-ghcr.io/augpaint/augpaint}"
-version=$(python3 -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
+print_only=0
+if [[ "${1:-}" == "--print" ]]; then print_only=1; shift; fi
+registry="${1:-ghcr.io/augpaint}"
+py=$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )
+version=$("$py" -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 sha=$(git rev-parse --short=12 HEAD)
-dirty=$(git diff --quiet && git diff --cached --quiet || echo "-dirty")
-image="${name}:${version}-${sha}${dirty}"
-docker build -f docker/Dockerfile -t "$image" .
+dirty=$(git diff --quiet HEAD -- . ':!*.md' 2>/dev/null && echo "" || echo "-dirty")
+# The kfp that compiles the pipeline is the kfp baked into the image.
+kfp_version=$("$py" -c "import kfp; print(kfp.__version__)" 2>/dev/null || grep -oP '^kfp==\K.*' requirements.txt)
+mlflow_version=$(grep -oP '^mlflow==\K.*' requirements.txt)
+image="${registry}/augpaint:${version}-${sha}${dirty}"
+mlflow_image="${registry}/mlflow-server:${mlflow_version}"
+if (( print_only )); then
+  echo "$image"
+  echo "$mlflow_image"
+  exit 0
+fi
+docker build -f docker/Dockerfile --build-arg "KFP_VERSION=${kfp_version}" -t "$image" .
+docker build -f docker/mlflow.Dockerfile -t "$mlflow_image" .
 echo "$image"
+echo "$mlflow_image"

@@ -6,13 +6,30 @@ import os
 import sys
 from pathlib import Path
 
+from augpaint_core.config import AugPaintConfig
+from augpaint_core.errors import AugPaintError
 
-def compile_pipeline(out: str | Path, image: str | None = None) -> Path:
-    """Compile the AugPaint pipeline.
+# pipeline name -> module holding its build_pipeline(cfg)
+PIPELINES = {"augpaint": "pipelines.augpaint_pipeline", "expansion": "pipelines.expansion_pipeline"}
+
+
+def build(name: str, cfg: AugPaintConfig | None = None):
+    """The pipeline function ``name`` built for ``cfg`` (kfp-kubernetes settings from ``cfg.cluster``)."""
+    if name not in PIPELINES:
+        raise AugPaintError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)}")
+    return importlib.import_module(PIPELINES[name]).build_pipeline(cfg)
+
+
+def compile_pipeline(out: str | Path, image: str | None = None, cfg: AugPaintConfig | None = None,
+                     pipeline: str = "augpaint") -> Path:
+    """Compile a pipeline to the YAML the KFP UI uploads.
 
     Args:
         out: YAML file to write.
         image: component base image; sets $AUGPAINT_IMAGE before the components are defined.
+        cfg: config whose ``cluster`` section (GPU, tolerations, secrets, retries, timeouts) and
+            ``inpaint.num_shards`` shape the tasks; default: the schema defaults.
+        pipeline: ``augpaint`` (the full pipeline) or ``expansion`` (recurring dataset expansion).
     """
     saved = os.environ.get("AUGPAINT_IMAGE")
     try:
@@ -21,10 +38,10 @@ def compile_pipeline(out: str | Path, image: str | None = None) -> Path:
             _forget_components()  # components read the image when they are defined
         from kfp import compiler
 
-        pipeline = importlib.import_module("pipelines.augpaint_pipeline").augpaint_pipeline
+        func = build(pipeline, cfg)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        compiler.Compiler().compile(pipeline, str(out))
+        compiler.Compiler().compile(func, str(out))
         return out
     finally:
         if image:
@@ -36,5 +53,6 @@ def compile_pipeline(out: str | Path, image: str | None = None) -> Path:
 
 
 def _forget_components() -> None:
-    for mod in [m for m in sys.modules if m == "components" or m.startswith(("components.", "pipelines.augpaint"))]:
+    for mod in [m for m in sys.modules if m == "components" or m.startswith(("components.", "pipelines.augpaint",
+                                                                              "pipelines.expansion"))]:
         del sys.modules[mod]

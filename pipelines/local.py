@@ -37,7 +37,7 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     """
     from kfp import local
 
-    from pipelines.augpaint_pipeline import augpaint_pipeline
+    from pipelines.augpaint_pipeline import build_pipeline
 
     out = out.resolve()
     root = out / "pipeline_root"
@@ -46,7 +46,8 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
     try:
-        augpaint_pipeline(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+        # Built for this config, so inpaint.num_shards fans out locally too.
+        build_pipeline(cfg)(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
     except RuntimeError as err:
         raise AugPaintError(f"pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in {root})"
                             ) from None
@@ -65,3 +66,52 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
         elif uri != "none":
             print(f"MLflow:         {uri}")
     return metrics
+
+
+def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, out: Path,
+                        tracking_uri: str | None = None, *, retrain: bool = False, model_prefix: str = "augpaint",
+                        experiment: str = "augpaint-expansion", quiet: bool = False) -> dict:
+    """Run one round of the expansion pipeline through kfp.local.
+
+    Args:
+        cfg: validated config.
+        incoming: raw data prefix (s3:// or a folder) where new cases arrive.
+        versions_uri: dataset versions root (s3:// or a folder).
+        out: run folder; artifacts go under ``out/pipeline_root``.
+        tracking_uri: MLflow URI (the registry needs a server or sqlite; default $MLFLOW_TRACKING_URI).
+        retrain: retrain AE/LDM instead of reusing the registered ones.
+        model_prefix: registered model name prefix.
+        experiment: MLflow experiment of the parent run.
+        quiet: do not print the summary.
+
+    Returns:
+        the latest version's manifest (the one this round published, unless there was nothing new),
+        plus ``published`` (bool) and ``pipeline_root``.
+    """
+    from kfp import local
+
+    from augpaint_core import versions
+    from pipelines.expansion_pipeline import build_pipeline
+
+    out = out.resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    uri = resolve_uri(tracking_uri)
+    before = versions.latest_version(versions_uri)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    try:
+        build_pipeline(cfg)(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(),
+                           retrain=retrain, model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
+    except RuntimeError as err:
+        raise AugPaintError(f"expansion pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in "
+                            f"{root})") from None
+    after = versions.latest_version(versions_uri)
+    manifest = versions.read_manifest(versions_uri) if after else {}
+    result = {**manifest, "published": after != before, "pipeline_root": str(root)}
+    if not quiet:
+        if result["published"]:
+            print(f"expand: published version {after} (parent {manifest['parent']}) at "
+                  f"{versions.version_uri(versions_uri, after)}: {json.dumps(manifest['counts'])}")
+        else:
+            print(f"expand: no new labeled cases in {incoming}; latest version stays {after}")
+    return result

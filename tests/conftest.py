@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from augpaint_core.config import AugPaintConfig, parse_config
-from tests.services import s3_bucket, s3_server  # noqa: F401  (real weed mini S3 fixtures)
+from tests.services import mlflow_server, s3_bucket, s3_server  # noqa: F401  (real weed mini S3, mlflow server)
 
 TINY = {
     "name": "tiny",
@@ -59,3 +59,17 @@ def pipeline_artifacts(tmp_path_factory) -> dict[str, Path]:
     evaluate(cfg, a["dataset"], a["baseline"], a["augpaint"], a["report"])
     a["cfg"] = cfg
     return a
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_spool(tmp_path_factory):
+    """Tracking records spooled while a server is down go to a temp folder, never the home folder."""
+    import os
+
+    old = os.environ.get("AUGPAINT_MLFLOW_SPOOL")
+    os.environ["AUGPAINT_MLFLOW_SPOOL"] = str(tmp_path_factory.mktemp("mlflow-spool"))
+    yield
+    if old is None:
+        os.environ.pop("AUGPAINT_MLFLOW_SPOOL", None)
+    else:
+        os.environ["AUGPAINT_MLFLOW_SPOOL"] = old

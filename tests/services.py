@@ -221,3 +221,74 @@ def s3_bucket(s3_server: dict) -> Iterator[str]:
         for obj in cli.list_objects(name, recursive=True):
             cli.remove_object(name, obj.object_name)
         cli.remove_bucket(name)
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with a sqlite backend and S3 (weed mini) artifacts; stop() and start() again.
+
+    The port and the database stay the same across restarts, so a client sees "the server is back".
+    """
+
+    def __init__(self, tmp_dir: Path, s3: dict, bucket: str):
+        self.tmp_dir, self.s3, self.bucket = Path(tmp_dir), s3, bucket
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = self.tmp_dir / "mlflow.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        mlflow = Path(sys.executable).parent / "mlflow"
+        env = {**os.environ, **self.s3["env"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.tmp_dir / 'mlflow.db'}",
+               "--artifacts-destination", f"s3://{self.bucket}/mlartifacts", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                         cwd=self.tmp_dir, start_new_session=True)
+        import urllib.request
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{_log_tail(self.log)}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server on {self.uri} not ready in 90 s:\n{_log_tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            # The server runs uvicorn/gunicorn workers in its session: signal the whole group.
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(STOP_TIMEOUT_S)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One ``mlflow server`` for the session (sqlite backend, artifacts in a weed mini bucket)."""
+    import minio
+
+    cli = minio.Minio(s3_server["endpoint"].split("://", 1)[1], s3_server["access_key"], s3_server["secret_key"],
+                      secure=False, region="us-east-1")
+    bucket = f"mlflow-{uuid.uuid4().hex[:12]}"
+    cli.make_bucket(bucket)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), s3_server, bucket)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
