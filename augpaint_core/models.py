@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel, VQModel
-from monai.networks.nets import BasicUNet
 
 from .config import AEConfig, LDMConfig, PixelDMConfig, SegConfig
 from .errors import AugPaintError
@@ -116,6 +115,8 @@ def ddim_from(train_scheduler_config) -> DDIMScheduler:
 
 def build_segmenter(cfg: SegConfig, num_classes: int) -> torch.nn.Module:
     """MONAI BasicUNet: 4 downsamplings; features (64,...,1024,64) is the paper's 31M-param U-Net."""
+    from monai.networks.nets import BasicUNet  # MONAI is slow to import; generative stages don't need it
+
     return BasicUNet(spatial_dims=2, in_channels=3, out_channels=num_classes, features=tuple(cfg.features))
 
 

@@ -6,6 +6,7 @@ one line on stderr and exit code 2 (no traceback), for shells and KFP pods.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -14,26 +15,29 @@ from typing import Any, Callable
 
 from .config import AugPaintConfig, config_from_yaml_text
 from .errors import AugPaintError
-from .evaluate import evaluate
-from .filter import filter_synthetic
-from .inpaint import inpaint, merge_shards
-from .preprocess import preprocess
 from .tracking import stage_run
-from .train_ae import train_ae
-from .train_ldm import train_ldm, train_pixel
-from .train_seg import train_seg
 
-STAGES: dict[str, Callable[..., Path]] = {
-    "preprocess": preprocess,
-    "train-ae": train_ae,
-    "train-ldm": train_ldm,
-    "train-pixel": train_pixel,
-    "inpaint": inpaint,
-    "merge-shards": merge_shards,
-    "filter": filter_synthetic,
-    "train-seg": train_seg,
-    "evaluate": evaluate,
+# Stage name -> "module:function". Imported on first use, so a KFP task imports only its own stage
+# (diffusers and MONAI take about 10 s to import on 2 cores).
+STAGES: dict[str, str] = {
+    "preprocess": "preprocess:preprocess",
+    "train-ae": "train_ae:train_ae",
+    "train-ldm": "train_ldm:train_ldm",
+    "train-pixel": "train_ldm:train_pixel",
+    "inpaint": "inpaint:inpaint",
+    "merge-shards": "inpaint:merge_shards",
+    "filter": "filter:filter_synthetic",
+    "train-seg": "train_seg:train_seg",
+    "evaluate": "evaluate:evaluate",
 }
+
+
+def stage_function(stage: str) -> Callable[..., Path]:
+    """The function behind a stage name."""
+    if stage not in STAGES:
+        raise AugPaintError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    module, name = STAGES[stage].split(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
 def run_stage(stage: str, cfg: AugPaintConfig, out: str | Path, *, tracking_uri: str | None = None,
@@ -50,13 +54,12 @@ def run_stage(stage: str, cfg: AugPaintConfig, out: str | Path, *, tracking_uri:
         run_name: MLflow run name (defaults to the stage name).
         inputs: the stage function's input paths (``dataset=...``, ``ae_path=...``).
     """
-    if stage not in STAGES:
-        raise AugPaintError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    fn = stage_function(stage)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if int(os.environ.get("RANK", "0")) != 0:
         tracking_uri = "none"  # under `accelerate launch` only rank 0 logs (and writes the artifact)
     with stage_run(tracking_uri, parent_run_id, run_name or stage, cfg.flat()) as tracker:
-        return STAGES[stage](cfg, out=out, force=force, tracker=tracker, **inputs)
+        return fn(cfg, out=out, force=force, tracker=tracker, **inputs)
 
 
 def run_stage_or_exit(stage: str, config_yaml: str, out: str, *, tracking_uri: str = "", parent_run_id: str = "",

@@ -23,7 +23,7 @@ from pipelines.cluster import stage_task
 
 
 def num_shards(cfg: AugPaintConfig) -> int:
-    """Inpainting shards of this config (1 until the core supports sharding)."""
+    """Inpainting shards of this config (``inpaint.num_shards``; one GPU task each)."""
     return int(getattr(cfg.inpaint, "num_shards", 1))
 
 
