@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from augpaint_core.preprocess import preprocess
 from augpaint_core.train_ae import train_ae
 from augpaint_core.train_ldm import train_ldm
 from augpaint_core.train_seg import train_seg
+from common import split_runs
 
 
 def one_split(cfg, d: Path) -> dict:
@@ -52,11 +52,9 @@ def main() -> None:
     base = load_config(args.config, args.set)
     rows = []
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for split in range(args.splits):
-            cfg = base.model_copy(deep=True)
-            cfg.seed = split
-            m = one_split(cfg, Path(tmp) / f"split{split}")
+    with split_runs(base, args.splits) as runs:
+        for split, cfg, folder in runs:
+            m = one_split(cfg, folder)
             rows.append({k: (100 * m[k]["mean"]["dice"], m[k]["mean"]["hd95"]) for k in ("baseline", "augpaint")})
             print(f"split {split}: baseline Dice {rows[-1]['baseline'][0]:.2f}  AugPaint Dice "
                   f"{rows[-1]['augpaint'][0]:.2f}  gain {m['dice_gain_points']:+.2f}", flush=True)

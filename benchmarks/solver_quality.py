@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from augpaint_core.preprocess import preprocess
 from augpaint_core.train_ae import train_ae
 from augpaint_core.train_ldm import train_ldm
 from augpaint_core.train_seg import train_seg
+from common import split_runs
 
 VARIANTS = {"ddim50": ("ddim", 50), "dpmpp20": ("dpmsolver++", 20), "unipc20": ("unipc", 20),
             "dpmpp10": ("dpmsolver++", 10)}
@@ -118,12 +118,10 @@ def main() -> None:
     variants = args.variants.split(",")
     rows = []
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for split in range(args.splits):
-            cfg = base.model_copy(deep=True)
-            cfg.seed = split
+    with split_runs(base, args.splits) as runs:
+        for split, cfg, folder in runs:
             print(f"split {split}", flush=True)
-            rows.append(one_split(cfg, Path(tmp) / f"split{split}", variants))
+            rows.append(one_split(cfg, folder, variants))
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nSolver quality ({args.config}, {base.data.num_labeled} labeled cases, {args.splits} splits, "

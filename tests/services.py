@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +26,18 @@ GRPC_OFFSET = 10000  # weed derives gRPC ports as http port + 10000 in places th
 COMPONENTS = ("s3", "master", "volume", "filer", "admin")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+@contextlib.contextmanager
+def local_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free 127.0.0.1 port in a thread; yield its base URL (for stand-ins only)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def weed_binary() -> str:

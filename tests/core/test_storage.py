@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import io
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from augpaint_core import storage
 from augpaint_core.errors import AugPaintError
-from tests.services import free_port
+from tests.services import free_port, local_http_server
 
 ENDPOINT_VARS = storage.ENDPOINT_VARS
 
@@ -235,14 +234,8 @@ def faulty_server(status: int | None) -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(Handler) as url:
+        yield url, hits
 
 
 @pytest.mark.parametrize("status", [503, None])

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
+
+from tests.services import local_http_server
 
 
 class FakeKfp:
@@ -87,11 +88,5 @@ def _handler(state: FakeKfp):
 def fake_kfp() -> Iterator[tuple[str, FakeKfp]]:
     """Serve a FakeKfp on a free 127.0.0.1 port; yield (host URL, state)."""
     state = FakeKfp()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(_handler(state)) as url:
+        yield url, state
