@@ -249,3 +249,25 @@ def test_cli_shards_and_merge(pipeline_artifacts, tmp_path, capsys):
     assert main(["inpaint", *common, "--in", str(a["dataset"]), "--ldm", str(a["ldm"]),
                  "--out", str(tmp_path / "noae")]) == 2
     assert "needs the autoencoder (--ae)" in capsys.readouterr().err
+
+
+def test_runtime_settings_fail_clearly_on_cpu(pipeline_artifacts, tmp_path):
+    import torch
+
+    from augpaint_core.config import parse_config
+    from tests.conftest import tiny_dict
+
+    a = pipeline_artifacts
+    if not torch.cuda.is_available():
+        with pytest.raises(AugPaintError, match="bf16 needs a GPU"):
+            inpaint(_cfg(a, precision="bf16"), a["dataset"], a["ae"], a["ldm"], tmp_path / "x")
+        with pytest.raises(AugPaintError, match="no CUDA GPU is visible"):
+            inpaint(_cfg(a, device="cuda"), a["dataset"], a["ae"], a["ldm"], tmp_path / "y")
+        assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    d = tiny_dict()
+    d["inpaint"].update(sampler="repaint", num_inference_steps=10, repaint_jump_length=10)
+    with pytest.raises(AugPaintError, match="repaint_jump_length 10 must be smaller"):
+        parse_config(d, "t")
+    d["inpaint"].update(sampler="heun")
+    with pytest.raises(AugPaintError, match="inpaint.sampler"):
+        parse_config(d, "t")
