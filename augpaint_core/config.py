@@ -180,6 +180,21 @@ class FilterConfig(_Strict):
     keep_fraction: float = Field(0.5, gt=0.0, le=1.0)
     scorer_epochs: PositiveInt = 120
     scorer_max_steps: PositiveInt | None = None
+    reject_background: bool = Field(False, description="also reject samples where the scorer finds a target "
+                                                        "structure outside the kept boxes (an organ generated in "
+                                                        "the background)")
+    background_max_fraction: float = Field(0.005, ge=0.0, le=1.0, description="predicted foreground outside the "
+                                                                               "kept boxes, as a fraction of the "
+                                                                               "image, above which a sample is "
+                                                                               "rejected")
+    ood_reject: bool = Field(False, description="also reject samples whose scorer-feature Mahalanobis distance to "
+                                                 "the real training slices exceeds the real slices' ood_quantile")
+    ood_quantile: float = Field(0.99, gt=0.0, le=1.0)
+    quality_report: bool = Field(True, description="write the synthetic-data quality report (quality.json)")
+    quality_max_samples: PositiveInt = Field(500, description="synthetic samples used for MS-SSIM/nearest "
+                                                              "neighbours (subsampled beyond)")
+    quality_max_reference: PositiveInt = Field(2000, description="real slices used as references (subsampled "
+                                                                 "beyond)")
 
 
 class TrackingConfig(_Strict):
