@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .artifacts import atomic_dir, write_artifact_meta
-from .dataset import SliceDataset, load_dataset, save_dataset
+from .dataset import load_dataset, save_dataset
 from .config import AugPaintConfig
 from .errors import AugPaintError
 from .inpaint import box_mask

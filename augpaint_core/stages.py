@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .augment import rand_aug
 from .config import AugPaintConfig, config_from_yaml_text
 from .errors import AugPaintError
 from .evaluate import evaluate
@@ -28,6 +29,7 @@ STAGES: dict[str, Callable[..., Path]] = {
     "train-ae": train_ae,
     "train-ldm": train_ldm,
     "inpaint": inpaint,
+    "rand-aug": rand_aug,
     "filter": filter_synthetic,
     "train-seg": train_seg,
     "evaluate": evaluate,
