@@ -34,6 +34,7 @@ import numpy as np
 from .artifacts import ARTIFACT_FILE, write_artifact_meta
 from .config import AugPaintConfig
 from .errors import AugPaintError
+from .metrics import CONVENTION
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,10 @@ def markdown(summary: dict, variants: list[str], labeled: list[int], title: str)
                 f"{gap[v, k]['gap_mean']:+.2f} ± {gap[v, k]['gap_std']:.2f} ("
                 + ", ".join(f"{x:+.1f}" for x in gap[v, k]["per_split"]) + ")" if (v, k) in gap else "-"
                 for k in labeled) + " |")
+    lines += ["", "std: population standard deviation over splits (ddof 0). Each split is one seed: its own patient "
+              "split (with the built-in phantom, its own generated patients) and model initialisations; all "
+              "variants of a split share the test cases.", "",
+              f"Convention: {CONVENTION}"]
     return "\n".join(lines) + "\n"
 
 
