@@ -223,7 +223,7 @@ def bar_plot(summary: dict, variants: list[str], labeled: list[int], path: Path)
 
     font = ImageFont.load_default()
     cell = {(r["variant"], r["labeled"]): r for r in summary["rows"]}
-    W, H, left, bottom, top = 140 + 60 * len(variants) * len(labeled), 360, 50, 60, 20
+    W, H, left, bottom, top = max(520, 140 + 60 * len(variants) * len(labeled)), 360, 50, 60, 20
     img = Image.new("RGB", (W, H), "white")
     g = ImageDraw.Draw(img)
     plot_h = H - bottom - top
@@ -277,13 +277,13 @@ def overlay_figure(ds, preds: dict[str, np.ndarray], test_idx: np.ndarray, path:
         tiles.append([img.astype(np.uint8), over(img, np.asarray(ds.labels[i]))] +
                      [over(img, p[order[int(i)]]) for p in preds.values()])
     s = ds.images.shape[1]
-    scale = max(1, 96 // s)
+    scale = -(-96 // s)  # tiles of at least 96 px
     cols = 2 + len(preds)
     canvas = Image.new("RGB", (cols * s * scale, len(rows) * s * scale + 16), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for c, name in enumerate(["image", "ground truth", *preds]):
-        draw.text((c * s * scale + 2, 2), name[: 2 * s * scale // 11], fill="black", font=font)
+        draw.text((c * s * scale + 2, 2), name[: s * scale // 6], fill="black", font=font)
     for r, row in enumerate(tiles):
         for c, t in enumerate(row):
             canvas.paste(Image.fromarray(t).resize((s * scale, s * scale), Image.NEAREST),
