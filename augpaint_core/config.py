@@ -188,7 +188,8 @@ class FilterConfig(_Strict):
                                                                                "image, above which a sample is "
                                                                                "rejected")
     ood_reject: bool = Field(False, description="also reject samples whose scorer-feature Mahalanobis distance to "
-                                                 "the real training slices exceeds the real slices' ood_quantile")
+                                                 "the real training slices exceeds the ood_quantile of held-out "
+                                                 "real (val) slices' distances")
     ood_quantile: float = Field(0.99, gt=0.0, le=1.0)
     quality_report: bool = Field(True, description="write the synthetic-data quality report (quality.json)")
     quality_max_samples: PositiveInt = Field(500, description="synthetic samples used for MS-SSIM/nearest "

@@ -10,8 +10,8 @@ Two optional rules address what the paper names as its filter's limitation:
   kept boxes (an organ generated in the background, whose pixels the label
   calls background).
 - ``filter.ood_reject``: the sample's pooled scorer features are far from the
-  real training slices (Mahalanobis distance above the real slices' own
-  ``ood_quantile``).
+  real training slices (Mahalanobis distance above the ``ood_quantile`` of the
+  distances of held-out real slices, the val split).
 
 Kept = the top ``ceil(keep_fraction * N)`` by confidence, minus the rejected
 ones (a rejected sample is not replaced by a worse one). Every sample's scores
@@ -96,6 +96,20 @@ def _subsample(idx: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, k, replace=False))
 
 
+def _calibration_features(model, arch: str, ds, cfg: AugPaintConfig) -> np.ndarray:
+    """Features of held-out real slices (the val split) to set the OOD threshold.
+
+    Distances of the slices the Gaussian was fitted on are biased low (many dimensions, few slices), so
+    their quantile would call nearly every new image out of distribution; unseen real patients are the
+    fair reference.
+    """
+    idx = _subsample(ds.where(split="val"), cfg.filter.quality_max_reference, cfg.seed + 1)
+    if len(idx) == 0:
+        raise AugPaintError("filter.ood_reject needs validation slices to calibrate the threshold; the val split "
+                            "is empty")
+    return predict_with_features(model, arch, ds.images[idx])[1]
+
+
 def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | Path, out: str | Path, *,
                      scorer: str | Path | None = None, force: bool = False, tracker=None) -> Path:
     """Stage 5: keep the best ``filter.keep_fraction`` of the synthetic pairs.
@@ -140,7 +154,8 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
     real_images = ds.images[ref_idx]
     _, real_feats = predict_with_features(model, arch, real_images)
     ood = mahalanobis(real_feats, syn_feats)
-    ood_threshold = float(np.quantile(mahalanobis(real_feats, real_feats), fcfg.ood_quantile))
+    ood_threshold = float(np.quantile(mahalanobis(real_feats, _calibration_features(model, arch, ds, cfg)),
+                                      fcfg.ood_quantile))
     rej_bg = bg > fcfg.background_max_fraction if fcfg.reject_background else np.zeros(len(scores), bool)
     rej_ood = ood > ood_threshold if fcfg.ood_reject else np.zeros(len(scores), bool)
     keep = select(scores, fcfg.keep_fraction, rej_bg | rej_ood)
