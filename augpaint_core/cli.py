@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=int, default=3, help="independent splits (seeds seed..seed+splits-1)")
     p.add_argument("--labeled", default=None, help="labeled case counts, e.g. 1,2,5 (default data.num_labeled)")
     p.add_argument("--variants", default=None, help="comma list from baseline, unimatch, randaug, augpaint, "
-                                                   "cond_augpaint, augpaint_unimatch (default: the first, "
+                                                   "cond_augpaint, augpaint_unimatch, augpaint_strict (default: the first, "
                                                    "randaug, augpaint, cond_augpaint)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
     p.add_argument("--force", action="store_true", help="replace a finished experiment")

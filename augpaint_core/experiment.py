@@ -11,7 +11,8 @@ For every split (seed = ``cfg.seed + split``) and labeled count k, in process (n
 - train one segmenter per variant with the same ``seg`` budget and evaluate all on the same test cases.
 
 Variants: ``baseline`` (U-Net on S^l), ``unimatch`` (S^l + UniMatch consistency on S^u), ``randaug``,
-``augpaint``, ``cond_augpaint``, ``augpaint_unimatch`` (AugPaint pool + UniMatch, the paper's Table 3).
+``augpaint``, ``cond_augpaint``, ``augpaint_unimatch`` (AugPaint pool + UniMatch, the paper's Table 3) and
+``augpaint_strict`` (the AugPaint pool filtered with ``filter.reject_background`` and ``filter.ood_reject``).
 
 Every variant is an MLflow run (tags ``augpaint.variant``, ``augpaint.split``, ``augpaint.labeled``) under one
 parent run, so the compare view shows them side by side. Outputs: ``table.md`` / ``table.csv`` (mean ± std
@@ -45,6 +46,7 @@ VARIANTS = {  # name -> (table label, pool, semi-supervised)
     "cond_augpaint": ("cond AugPaint", "cond", False),
     "augpaint": ("AugPaint", "augpaint", False),
     "augpaint_unimatch": ("AugPaint + UniMatch", "augpaint", True),
+    "augpaint_strict": ("AugPaint, strict filter", "augpaint_strict", False),
 }
 DEFAULT_VARIANTS = ("baseline", "randaug", "augpaint", "cond_augpaint")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
@@ -102,10 +104,10 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
         c.data.num_labeled = k
         d = work / f"k{k}"
         ds = _once(d / "dataset", lambda: preprocess(c, d / "dataset"))
-        if pools & {"augpaint", "cond"} and "ae" not in shared:
+        if pools & {"augpaint", "augpaint_strict", "cond"} and "ae" not in shared:
             # AE and LDMs see S^l + S^u only, the same slices for every k: train them once per split
             shared["ae"] = _once(work / "ae", lambda: train_ae(c, ds, work / "ae"))
-        if "augpaint" in pools and "ldm" not in shared:
+        if pools & {"augpaint", "augpaint_strict"} and "ldm" not in shared:
             shared["ldm"] = _once(work / "ldm", lambda: train_ldm(c, ds, shared["ae"], work / "ldm"))
         if "cond" in pools and "ldm_cond" not in shared:
             cc = c.model_copy(deep=True)
@@ -113,17 +115,21 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
             shared["ldm_cond"] = _once(work / "ldm_cond", lambda: train_ldm(cc, ds, shared["ae"], work / "ldm_cond"))
         filtered: dict[str, Path] = {}
         scorer = None
-        for pool in ("augpaint", "cond", "randaug"):
+        for pool in ("augpaint", "cond", "randaug", "augpaint_strict"):
             if pool not in pools:
                 continue
-            syn = d / f"syn_{pool}"
+            fc = c
+            if pool == "augpaint_strict":  # the AugPaint pool, filtered with both optional rejection rules
+                fc = c.model_copy(deep=True)
+                fc.filter.reject_background = fc.filter.ood_reject = True
+            syn = d / f"syn_{'augpaint' if pool == 'augpaint_strict' else pool}"
             if pool == "randaug":
                 _once(syn, lambda: rand_aug(c, ds, syn))
             else:
-                ldm = shared["ldm" if pool == "augpaint" else "ldm_cond"]
+                ldm = shared["ldm_cond" if pool == "cond" else "ldm"]
                 _once(syn, lambda: inpaint(c, ds, shared["ae"], ldm, syn))
             flt = d / f"flt_{pool}"
-            _once(flt, lambda: filter_synthetic(c, ds, syn, flt, scorer=scorer))
+            _once(flt, lambda: filter_synthetic(fc, ds, syn, flt, scorer=scorer))
             scorer = scorer or flt / "scorer"  # one scorer per split and k: the same filter for every pool
             filtered[pool] = flt
         dsl = load_dataset(ds)
