@@ -23,8 +23,10 @@ STAGE_INPUTS = {
                 ("--ae", "ae_path", False, "AE artifact (not used by inpaint.sampler=repaint)"),
                 ("--ldm", "ldm_path", True, "LDM artifact, or the train-pixel model for inpaint.sampler=repaint")],
     "merge-shards": [],
+    "rand-aug": [("--in", "dataset", True, "slice dataset artifact")],
     "filter": [("--in", "dataset", True, "slice dataset artifact"),
-               ("--synthetic", "synthetic", True, "synthetic dataset from inpaint")],
+               ("--synthetic", "synthetic", True, "synthetic dataset from inpaint (or rand-aug)"),
+               ("--scorer", "scorer", False, "reuse a trained scorer (a filter output's scorer/ folder)")],
     "train-seg": [("--in", "dataset", True, "slice dataset artifact"),
                   ("--synthetic", "synthetic", False, "filtered synthetic dataset (omit for the baseline)")],
     "evaluate": [("--in", "dataset", True, "slice dataset artifact"),
@@ -106,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync-tracking", help="replay MLflow records kept while the server was down")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--spool", default=None, help="spool folder or s3:// prefix (default $AUGPAINT_MLFLOW_SPOOL)")
+    p = sub.add_parser("experiment", help="baselines vs AugPaint over splits and labeled counts (Table 1 layout)")
+    _common(p)
+    p.add_argument("--out", required=True, help="output folder: table.md/csv, results.json, bar.png, overlays/")
+    p.add_argument("--splits", type=int, default=3, help="independent splits (seeds seed..seed+splits-1)")
+    p.add_argument("--labeled", default=None, help="labeled case counts, e.g. 1,2,5 (default data.num_labeled)")
+    p.add_argument("--variants", default=None, help="comma list from baseline, unimatch, randaug, augpaint, "
+                                                   "cond_augpaint, augpaint_unimatch, augpaint_strict (default: the first, "
+                                                   "randaug, augpaint, cond_augpaint)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
+    p.add_argument("--force", action="store_true", help="replace a finished experiment")
     p = sub.add_parser("make-phantom", help="write the built-in phantom in nnU-Net v2 raw format")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -199,6 +211,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.command}: wrote {out}")
             if args.command == "preprocess":
                 _print_preprocess_report(out)
+        elif args.command == "experiment":
+            import logging
+
+            from .experiment import run_experiment
+
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            cfg = load_config(args.config, args.set)
+            try:
+                labeled = [int(x) for x in args.labeled.split(",")] if args.labeled else None
+            except ValueError:
+                raise AugPaintError(f"--labeled {args.labeled!r}: expected comma-separated integers") from None
+            variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+            out = run_experiment(cfg, args.out, splits=args.splits, labeled=labeled, variants=variants,
+                                 tracking_uri=args.tracking_uri, force=args.force)
+            print((Path(out) / "table.md").read_text())
+            print(f"experiment: wrote {out}")
         elif args.command == "make-phantom":
             from .phantom import write_phantom
 

@@ -187,7 +187,28 @@ class PixelDMConfig(_Strict):
 
 
 class SegConfig(_Strict):
-    """MONAI BasicUNet: features = 5 encoder widths + the decoder's last width."""
+    """Segmenter (``augpaint_core.segmenters``); unet = MONAI BasicUNet: features = 5 encoder widths + the
+    decoder's last width."""
+
+    arch: Literal["unet", "deeplabv3", "transunet"] = Field(
+        "unet", description="unet (MONAI BasicUNet, 31M), deeplabv3 (ResNet-50 + ASPP, 40M), transunet (R50-ViT, "
+                            "102M)")
+    resnet_width: PositiveInt = Field(64, description="ResNet-50 base width (deeplabv3, transunet); 64 = standard")
+    output_stride: Literal[8, 16] = Field(16, description="deeplabv3: dilate the last stage(s) to this stride")
+    vit_hidden: PositiveInt = Field(768, description="transunet: transformer width (768 = ViT-B)")
+    vit_layers: PositiveInt = Field(12, description="transunet: transformer depth")
+    vit_heads: PositiveInt = Field(12, description="transunet: attention heads")
+    semi_supervised: Literal["none", "unimatch"] = Field(
+        "none", description="unimatch: add weak-to-strong consistency on the unlabeled training slices")
+    unimatch_threshold: float = Field(0.95, gt=0.0, le=1.0, description="pseudo-label confidence threshold")
+    unimatch_weight: float = Field(1.0, ge=0.0, description="weight of the unlabeled consistency loss")
+    unimatch_batch_size: PositiveInt = Field(4, description="unlabeled slices per step")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SegConfig":
+        if self.vit_hidden % self.vit_heads:
+            raise ValueError(f"seg.vit_hidden {self.vit_hidden} must be divisible by seg.vit_heads {self.vit_heads}")
+        return self
 
     features: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (
         64, 128, 256, 512, 1024, 64)
@@ -203,6 +224,22 @@ class FilterConfig(_Strict):
     keep_fraction: float = Field(0.5, gt=0.0, le=1.0)
     scorer_epochs: PositiveInt = 120
     scorer_max_steps: PositiveInt | None = None
+    reject_background: bool = Field(False, description="also reject samples where the scorer finds a target "
+                                                        "structure outside the kept boxes (an organ generated in "
+                                                        "the background)")
+    background_max_fraction: float = Field(0.005, ge=0.0, le=1.0, description="predicted foreground outside the "
+                                                                               "kept boxes, as a fraction of the "
+                                                                               "image, above which a sample is "
+                                                                               "rejected")
+    ood_reject: bool = Field(False, description="also reject samples whose scorer-feature Mahalanobis distance to "
+                                                 "the real training slices exceeds the ood_quantile of held-out "
+                                                 "real (val) slices' distances")
+    ood_quantile: float = Field(0.99, gt=0.0, le=1.0)
+    quality_report: bool = Field(True, description="write the synthetic-data quality report (quality.json)")
+    quality_max_samples: PositiveInt = Field(500, description="synthetic samples used for MS-SSIM/nearest "
+                                                              "neighbours (subsampled beyond)")
+    quality_max_reference: PositiveInt = Field(2000, description="real slices used as references (subsampled "
+                                                                 "beyond)")
 
 
 class TrackingConfig(_Strict):

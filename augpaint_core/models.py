@@ -113,11 +113,12 @@ def ddim_from(train_scheduler_config) -> DDIMScheduler:
                                      set_alpha_to_one=False)
 
 
-def build_segmenter(cfg: SegConfig, num_classes: int) -> torch.nn.Module:
-    """MONAI BasicUNet: 4 downsamplings; features (64,...,1024,64) is the paper's 31M-param U-Net."""
-    from monai.networks.nets import BasicUNet  # MONAI is slow to import; generative stages don't need it
+def build_segmenter(cfg: SegConfig, num_classes: int, image_size: int | None = None) -> torch.nn.Module:
+    """The ``cfg.arch`` segmenter (see ``augpaint_core.segmenters``); the default ``unet`` is MONAI BasicUNet with
+    4 downsamplings, and features (64,...,1024,64) is the paper's 31M-param U-Net."""
+    from .segmenters import build_segmenter as build
 
-    return BasicUNet(spatial_dims=2, in_channels=3, out_channels=num_classes, features=tuple(cfg.features))
+    return build(cfg, num_classes, image_size)
 
 
 def load_vqmodel(path: str | Path) -> VQModel:
@@ -141,7 +142,7 @@ def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict]:
     if not (p / "segmenter.pt").is_file():
         raise AugPaintError(f"{path}: not a segmenter artifact (no segmenter.pt)")
     info = json.loads((p / "segmenter.json").read_text())
-    model = build_segmenter(SegConfig.model_validate(info["seg_config"]), info["num_classes"])
+    model = build_segmenter(SegConfig.model_validate(info["seg_config"]), info["num_classes"], info.get("image_size"))
     model.load_state_dict(torch.load(p / "segmenter.pt", weights_only=True))
     return model.eval(), info
 

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "train-pixel": "train_ldm:train_pixel",
     "inpaint": "inpaint:inpaint",
     "merge-shards": "inpaint:merge_shards",
+    "rand-aug": "augment:rand_aug",
     "filter": "filter:filter_synthetic",
     "train-seg": "train_seg:train_seg",
     "evaluate": "evaluate:evaluate",

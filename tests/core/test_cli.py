@@ -68,3 +68,17 @@ def test_incomplete_artifact_is_refused(tmp_path, capsys):
                "--tracking-uri", "none"])
     assert rc == 2
     assert "not a complete dataset artifact" in _one_line_error(capsys)
+
+
+def test_rand_aug_and_filter_with_a_reused_scorer_from_the_shell(tmp_path, pipeline_artifacts):
+    cfg = _cfg(tmp_path)
+    a = pipeline_artifacts
+    ds = str(a["dataset"])
+    assert main(["rand-aug", "--config", str(cfg), "--in", ds, "--out", str(tmp_path / "ra"),
+                 "--tracking-uri", "none"]) == 0
+    assert main(["filter", "--config", str(cfg), "--in", ds, "--synthetic", str(tmp_path / "ra"), "--scorer",
+                 str(a["filtered"] / "scorer"), "--out", str(tmp_path / "flt"), "--tracking-uri", "none"]) == 0
+    from augpaint_core.artifacts import read_artifact_meta
+
+    meta = read_artifact_meta(tmp_path / "flt")
+    assert meta["inputs"]["scorer"] and meta["num_in"] == 2 * meta["num_kept"]

@@ -1,0 +1,408 @@
+"""Experiment harness: the paper's comparison (Table 1 layout) over independent splits and labeled counts.
+
+For every split (seed = ``cfg.seed + split``) and labeled count k, in process (no KFP):
+
+- preprocess the data with k labeled cases (the patient split depends on the split seed only, and the
+  labeled cases of a smaller k are a subset of a larger k's);
+- train the AE and the LDM(s) once per split on S^l + S^u (independent of k, so shared across k and
+  variants): unconditional for AugPaint, conditional (``ldm.conditional``) for cond AugPaint;
+- build the synthetic pools (AugPaint, cond AugPaint, Rand Aug x ``inpaint.samples_per_pair``) and filter each
+  with the same scorer (trained once per split and k on S^l), keeping ``filter.keep_fraction``;
+- train one segmenter per variant with the same ``seg`` budget and evaluate all on the same test cases.
+
+Variants: ``baseline`` (U-Net on S^l), ``unimatch`` (S^l + UniMatch consistency on S^u), ``randaug``,
+``augpaint``, ``cond_augpaint``, ``augpaint_unimatch`` (AugPaint pool + UniMatch, the paper's Table 3) and
+``augpaint_strict`` (the AugPaint pool filtered with ``filter.reject_background`` and ``filter.ood_reject``).
+
+Every variant is an MLflow run (tags ``augpaint.variant``, ``augpaint.split``, ``augpaint.labeled``) under one
+parent run, so the compare view shows them side by side. Outputs: ``table.md`` / ``table.csv`` (mean ± std
+over splits), ``results.json`` (every number), ``bar.png`` and ``overlays/*.png``. Stage artifacts go to
+``work/``; an interrupted run continues from the completed ones.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .artifacts import ARTIFACT_FILE, write_artifact_meta
+from .config import AugPaintConfig
+from .errors import AugPaintError
+from .metrics import CONVENTION
+
+log = logging.getLogger(__name__)
+
+VARIANTS = {  # name -> (table label, pool, semi-supervised)
+    "baseline": ("U-Net", None, False),
+    "unimatch": ("UniMatch", None, True),
+    "randaug": ("Rand Aug", "randaug", False),
+    "cond_augpaint": ("cond AugPaint", "cond", False),
+    "augpaint": ("AugPaint", "augpaint", False),
+    "augpaint_unimatch": ("AugPaint + UniMatch", "augpaint", True),
+    "augpaint_strict": ("AugPaint, strict filter", "augpaint_strict", False),
+}
+DEFAULT_VARIANTS = ("baseline", "randaug", "augpaint", "cond_augpaint")
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def _done(path: Path) -> bool:
+    return (path / ARTIFACT_FILE).is_file()
+
+
+def _once(path: Path, fn: Callable[[], object]) -> Path:
+    """Run a stage unless its artifact is already complete (resume)."""
+    if not _done(path):
+        if path.exists():
+            shutil.rmtree(path)
+        t0 = time.time()
+        fn()
+        log.info("experiment: %s in %.0f s", path.name, time.time() - t0)
+    return path
+
+
+def _variant_cfg(cfg: AugPaintConfig, semi: bool) -> AugPaintConfig:
+    c = cfg.model_copy(deep=True)
+    c.seg.semi_supervised = "unimatch" if semi else "none"
+    return c
+
+
+def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], variants: list[str],
+              on_result: Callable[[str, int, int, dict, dict], None]) -> None:
+    """All variants of one split, for every labeled count.
+
+    Args:
+        cfg: base config.
+        work: this split's work folder.
+        split: split index (seed offset).
+        labeled: labeled case counts.
+        variants: names from ``VARIANTS``.
+        on_result: called with (variant, split, k, evaluation, extra) after each variant is evaluated.
+    """
+    from .augment import rand_aug
+    from .evaluate import evaluate_model
+    from .dataset import load_dataset
+    from .filter import filter_synthetic
+    from .inpaint import inpaint
+    from .preprocess import preprocess
+    from .train_ae import train_ae
+    from .train_ldm import train_ldm
+    from .train_seg import train_seg
+
+    base = cfg.model_copy(deep=True)
+    base.seed = cfg.seed + split
+    pools = {VARIANTS[v][1] for v in variants} - {None}
+    shared: dict[str, Path] = {}
+    for k in labeled:
+        c = base.model_copy(deep=True)
+        c.data.num_labeled = k
+        d = work / f"k{k}"
+        ds = _once(d / "dataset", lambda: preprocess(c, d / "dataset"))
+        if pools & {"augpaint", "augpaint_strict", "cond"} and "ae" not in shared:
+            # AE and LDMs see S^l + S^u only, the same slices for every k: train them once per split
+            shared["ae"] = _once(work / "ae", lambda: train_ae(c, ds, work / "ae"))
+        if pools & {"augpaint", "augpaint_strict"} and "ldm" not in shared:
+            shared["ldm"] = _once(work / "ldm", lambda: train_ldm(c, ds, shared["ae"], work / "ldm"))
+        if "cond" in pools and "ldm_cond" not in shared:
+            cc = c.model_copy(deep=True)
+            cc.ldm.conditional = True
+            shared["ldm_cond"] = _once(work / "ldm_cond", lambda: train_ldm(cc, ds, shared["ae"], work / "ldm_cond"))
+        filtered: dict[str, Path] = {}
+        scorer = None
+        for pool in ("augpaint", "cond", "randaug", "augpaint_strict"):
+            if pool not in pools:
+                continue
+            fc = c
+            if pool == "augpaint_strict":  # the AugPaint pool, filtered with both optional rejection rules
+                fc = c.model_copy(deep=True)
+                fc.filter.reject_background = fc.filter.ood_reject = True
+            syn = d / f"syn_{'augpaint' if pool == 'augpaint_strict' else pool}"
+            if pool == "randaug":
+                _once(syn, lambda: rand_aug(c, ds, syn))
+            else:
+                ldm = shared["ldm_cond" if pool == "cond" else "ldm"]
+                _once(syn, lambda: inpaint(c, ds, shared["ae"], ldm, syn))
+            flt = d / f"flt_{pool}"
+            _once(flt, lambda: filter_synthetic(fc, ds, syn, flt, scorer=scorer))
+            scorer = scorer or flt / "scorer"  # one scorer per split and k: the same filter for every pool
+            filtered[pool] = flt
+        dsl = load_dataset(ds)
+        for v in variants:
+            _, pool, semi = VARIANTS[v]
+            vc = _variant_cfg(c, semi)
+            seg = d / f"seg_{v}"
+            _once(seg, lambda: train_seg(vc, ds, seg, synthetic=filtered.get(pool), name=v))
+            ev = evaluate_model(seg, dsl)
+            extra = {"paths": {"dataset": str(ds), "segmenter": str(seg)}}
+            if pool is not None:
+                meta = json.loads((filtered[pool] / ARTIFACT_FILE).read_text())
+                extra["quality"] = meta.get("quality") or {}
+                extra["num_synthetic_kept"] = meta.get("num_kept")
+            on_result(v, split, k, ev, extra)
+
+
+def _mean_std(x: list[float]) -> tuple[float, float]:
+    a = np.asarray(x, float)
+    return float(a.mean()), float(a.std())
+
+
+def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> dict:
+    """Mean ± std over splits per variant and k, and the AugPaint - baseline gap per split."""
+    out: dict = {"rows": [], "gaps": []}
+    for v in variants:
+        for k in labeled:
+            rs = [r for r in results if r["variant"] == v and r["labeled"] == k]
+            if not rs:
+                continue
+            dm, ds_ = _mean_std([100 * r["mean_dice"] for r in rs])
+            hm, hs = _mean_std([r["mean_hd95"] for r in rs])
+            out["rows"].append({"variant": v, "label": VARIANTS[v][0], "labeled": k, "n_splits": len(rs),
+                                "dice_mean": dm, "dice_std": ds_, "hd95_mean": hm, "hd95_std": hs,
+                                "dice_per_split": [100 * r["mean_dice"] for r in sorted(rs, key=lambda r: r["split"])]})
+    for v in variants:
+        if v == "baseline":
+            continue
+        for k in labeled:
+            pairs = [(r, b) for r in results if r["variant"] == v and r["labeled"] == k
+                     for b in results if b["variant"] == "baseline" and b["labeled"] == k and b["split"] == r["split"]]
+            if pairs:
+                g = [100 * (r["mean_dice"] - b["mean_dice"]) for r, b in sorted(pairs, key=lambda p: p[0]["split"])]
+                m, s = _mean_std(g)
+                out["gaps"].append({"variant": v, "labeled": k, "gap_mean": m, "gap_std": s, "per_split": g})
+    return out
+
+
+def markdown(summary: dict, variants: list[str], labeled: list[int], title: str) -> str:
+    """Table 1 layout: one row per method, one column per labeled count; Dice % then HD95 px."""
+    cell = {(r["variant"], r["labeled"]): r for r in summary["rows"]}
+    head = "| Method | " + " | ".join(f"{k} case{'s' if k > 1 else ''}" for k in labeled) + " |"
+    sep = "|---|" + "---|" * len(labeled)
+    lines = [f"# {title}", "", "Mean Dice (%) ± std over splits:", "", head, sep]
+    for v in variants:
+        lines.append(f"| {VARIANTS[v][0]} | " + " | ".join(
+            f"{cell[v, k]['dice_mean']:.2f} ± {cell[v, k]['dice_std']:.2f}" if (v, k) in cell else "-"
+            for k in labeled) + " |")
+    lines += ["", "Mean HD95 (px) ± std over splits:", "", head, sep]
+    for v in variants:
+        lines.append(f"| {VARIANTS[v][0]} | " + " | ".join(
+            f"{cell[v, k]['hd95_mean']:.2f} ± {cell[v, k]['hd95_std']:.2f}" if (v, k) in cell else "-"
+            for k in labeled) + " |")
+    if summary["gaps"]:
+        lines += ["", "Gain over the U-Net baseline in Dice points, mean ± std of the per-split differences:", "",
+                  head, sep]
+        gap = {(g["variant"], g["labeled"]): g for g in summary["gaps"]}
+        for v in variants:
+            if v == "baseline":
+                continue
+            lines.append(f"| {VARIANTS[v][0]} - U-Net | " + " | ".join(
+                f"{gap[v, k]['gap_mean']:+.2f} ± {gap[v, k]['gap_std']:.2f} ("
+                + ", ".join(f"{x:+.1f}" for x in gap[v, k]["per_split"]) + ")" if (v, k) in gap else "-"
+                for k in labeled) + " |")
+    lines += ["", "std: population standard deviation over splits (ddof 0). Each split is one seed: its own patient "
+              "split (with the built-in phantom, its own generated patients) and model initialisations; all "
+              "variants of a split share the test cases.", "",
+              f"Convention: {CONVENTION}"]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(summary: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "method", "labeled", "n_splits", "dice_mean", "dice_std", "hd95_mean", "hd95_std",
+                "dice_per_split"])
+    for r in summary["rows"]:
+        w.writerow([r["variant"], r["label"], r["labeled"], r["n_splits"], f"{r['dice_mean']:.4f}",
+                    f"{r['dice_std']:.4f}", f"{r['hd95_mean']:.4f}", f"{r['hd95_std']:.4f}",
+                    ";".join(f"{x:.4f}" for x in r["dice_per_split"])])
+    return buf.getvalue()
+
+
+def bar_plot(summary: dict, variants: list[str], labeled: list[int], path: Path) -> None:
+    """Grouped bars of mean Dice per labeled count, one colour per variant, ±std whiskers (PIL, no matplotlib)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cell = {(r["variant"], r["labeled"]): r for r in summary["rows"]}
+    W, H, left, bottom, top = max(520, 140 + 60 * len(variants) * len(labeled)), 360, 50, 60, 20
+    img = Image.new("RGB", (W, H), "white")
+    g = ImageDraw.Draw(img)
+    plot_h = H - bottom - top
+
+    def y(v: float) -> float:
+        return H - bottom - plot_h * max(0.0, min(100.0, v)) / 100
+
+    for t in range(0, 101, 20):
+        g.line([(left, y(t)), (W - 10, y(t))], fill=(225, 225, 225))
+        g.text((8, y(t) - 6), f"{t}", fill="black", font=font)
+    group_w = (W - left - 20) / max(1, len(labeled))
+    bar_w = group_w * 0.8 / max(1, len(variants))
+    for gi, k in enumerate(labeled):
+        x0 = left + gi * group_w + group_w * 0.1
+        for vi, v in enumerate(variants):
+            if (v, k) not in cell:
+                continue
+            r = cell[v, k]
+            xa = x0 + vi * bar_w
+            g.rectangle([xa, y(r["dice_mean"]), xa + bar_w - 2, y(0)], fill=COLORS[vi % len(COLORS)])
+            xm = xa + bar_w / 2 - 1
+            g.line([(xm, y(r["dice_mean"] - r["dice_std"])), (xm, y(r["dice_mean"] + r["dice_std"]))], fill="black")
+        g.text((x0 + group_w * 0.3, H - bottom + 6), f"{k} labeled", fill="black", font=font)
+    for vi, v in enumerate(variants):
+        xa = left + (vi % 3) * 150
+        ya = H - bottom + 24 + (vi // 3) * 14
+        g.rectangle([xa, ya, xa + 10, ya + 10], fill=COLORS[vi % len(COLORS)])
+        g.text((xa + 14, ya - 1), VARIANTS[v][0], fill="black", font=font)
+    g.text((left, 4), "mean Dice (%) ± std over splits", fill="black", font=font)
+    img.save(path)
+
+
+def overlay_figure(ds, preds: dict[str, np.ndarray], test_idx: np.ndarray, path: Path, n: int = 4) -> None:
+    """Rows: test slices with the most foreground; columns: image, ground truth, each variant's prediction."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    palette = np.array([(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                        (145, 30, 180), (70, 240, 240)], np.float32)
+    fg = np.array([(np.asarray(ds.labels[i]) > 0).sum() for i in test_idx])
+    rows = test_idx[np.argsort(-fg, kind="stable")[:n]]
+    order = {int(i): k for k, i in enumerate(test_idx)}
+
+    def over(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
+        col = palette[lab % len(palette)]
+        a = (lab > 0)[..., None] * 0.5
+        return (img * (1 - a) + col * a).astype(np.uint8)
+
+    tiles = []
+    for i in rows:
+        img = np.asarray(ds.images[i]).astype(np.float32)
+        tiles.append([img.astype(np.uint8), over(img, np.asarray(ds.labels[i]))] +
+                     [over(img, p[order[int(i)]]) for p in preds.values()])
+    s = ds.images.shape[1]
+    scale = -(-96 // s)  # tiles of at least 96 px
+    cols = 2 + len(preds)
+    canvas = Image.new("RGB", (cols * s * scale, len(rows) * s * scale + 16), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for c, name in enumerate(["image", "ground truth", *preds]):
+        draw.text((c * s * scale + 2, 2), name[: s * scale // 6], fill="black", font=font)
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            canvas.paste(Image.fromarray(t).resize((s * scale, s * scale), Image.NEAREST),
+                         (c * s * scale, 16 + r * s * scale))
+    canvas.save(path)
+
+
+def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, labeled: list[int] | None = None,
+                   variants: list[str] | None = None, tracking_uri: str | None = None, force: bool = False) -> Path:
+    """Run every variant over ``splits`` splits and each labeled count; write the tables and figures.
+
+    Args:
+        cfg: base config (``data.num_labeled`` is replaced by each labeled count).
+        out: output folder (``table.md``, ``table.csv``, ``results.json``, ``bar.png``, ``overlays/``,
+            ``work/`` with the stage artifacts).
+        splits: independent splits (seeds ``cfg.seed`` .. ``cfg.seed + splits - 1``).
+        labeled: labeled case counts (default ``[cfg.data.num_labeled]``).
+        variants: names from ``VARIANTS`` (default: baseline, randaug, augpaint, cond_augpaint).
+        tracking_uri: MLflow URI; ``none`` disables tracking.
+        force: replace a finished experiment in ``out`` (its work folder too).
+    """
+    from .dataset import load_dataset
+    from .models import load_segmenter
+    from .tracking import Tracker, start_parent_run, stage_run
+    from .train_seg import predict
+
+    labeled = sorted(set(labeled or [cfg.data.num_labeled]))
+    variants = list(variants or DEFAULT_VARIANTS)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise AugPaintError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    if splits < 1 or not labeled or min(labeled) < 1:
+        raise AugPaintError(f"--splits {splits} and --labeled {labeled}: need at least one split and counts >= 1")
+    out = Path(out)
+    if (out / ARTIFACT_FILE).exists():
+        if not force:
+            raise AugPaintError(f"{out}: experiment already finished (pass --force to run it again)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ARTIFACT_FILE).unlink(missing_ok=True)
+    track = tracking_uri not in ("none", "off")
+    parent = ""
+    if track:
+        parent = start_parent_run(tracking_uri, cfg.tracking.experiment, f"experiment {cfg.name}",
+                                  tags={"augpaint.kind": "experiment"}, params=cfg.flat())
+    results: list[dict] = []
+    t0 = time.time()
+
+    def on_result(v: str, split: int, k: int, ev: dict, extra: dict) -> None:
+        rec = {"variant": v, "split": split, "labeled": k, "mean_dice": ev["mean"]["dice"],
+               "mean_hd95": ev["mean"]["hd95"], "per_class": ev["per_class"], "per_region": ev.get("per_region"),
+               "num_test_cases": ev["num_cases"], **extra}
+        results.append(rec)
+        (out / "results.partial.json").write_text(json.dumps(results, indent=1))
+        log.info("experiment: split %d, %d labeled, %s: Dice %.2f, HD95 %.2f", split, k, v, 100 * rec["mean_dice"],
+                 rec["mean_hd95"])
+        if track:
+            with stage_run(tracking_uri, parent, f"{v} split{split} k{k}", cfg.flat()) as tr:
+                tr.set_tags({"augpaint.variant": v, "augpaint.split": str(split), "augpaint.labeled": str(k)})
+                m = {"mean_dice": rec["mean_dice"], "mean_hd95": rec["mean_hd95"]}
+                for c, val in ev["per_class"].items():
+                    m[f"{c}_dice"], m[f"{c}_hd95"] = val["dice"], val["hd95"]
+                for c, val in (ev.get("per_region") or {}).items():
+                    m[f"{c}_dice"], m[f"{c}_hd95"] = val["dice"], val["hd95"]
+                m.update({f"quality_{q}": x for q, x in (extra.get("quality") or {}).items()
+                          if isinstance(x, (int, float)) and not isinstance(x, bool)})
+                if extra.get("num_synthetic_kept") is not None:
+                    m["num_synthetic_kept"] = extra["num_synthetic_kept"]
+                tr.log_metrics(m)
+
+    try:
+        for split in range(splits):
+            run_split(cfg, out / "work" / f"split{split}", split, labeled, variants, on_result)
+    except BaseException:
+        if track:
+            from .tracking import _client, resolve_uri
+
+            _client(resolve_uri(tracking_uri)).set_terminated(parent, status="FAILED")
+        raise
+    summary = summarize(results, variants, labeled)
+    title = (f"AugPaint experiment: {cfg.name} ({splits} split{'s' if splits > 1 else ''}, test mean over "
+             f"classes and cases)")
+    (out / "table.md").write_text(markdown(summary, variants, labeled, title))
+    (out / "table.csv").write_text(csv_text(summary))
+    bar_plot(summary, variants, labeled, out / "bar.png")
+    (out / "overlays").mkdir(exist_ok=True)
+    for k in labeled:  # split 0: the same test slices through every variant
+        first = [r for r in results if r["split"] == 0 and r["labeled"] == k]
+        ds = load_dataset(first[0]["paths"]["dataset"])
+        test_idx = ds.where(split="test")
+        if len(test_idx) == 0:
+            continue
+        preds = {VARIANTS[r["variant"]][0]: predict(load_segmenter(r["paths"]["segmenter"])[0], ds.images[test_idx])
+                 for r in first}
+        overlay_figure(ds, preds, test_idx, out / "overlays" / f"split0_k{k}.png")
+    (out / "results.json").write_text(json.dumps({"results": results, "summary": summary, "splits": splits,
+                                                  "labeled": labeled, "variants": variants,
+                                                  "seconds": time.time() - t0}, indent=1))
+    (out / "results.partial.json").unlink(missing_ok=True)
+    write_artifact_meta(out, kind="report", stage="experiment", config=cfg.model_dump(mode="json"), seed=cfg.seed,
+                        extra={"splits": splits, "labeled": labeled, "variants": variants,
+                               "gaps": summary["gaps"], "seconds": time.time() - t0})
+    if track:
+        from .tracking import _client, resolve_uri
+
+        client = _client(resolve_uri(tracking_uri))
+        tr = Tracker(client, parent)
+        for g in summary["gaps"]:
+            tr.log_metrics({f"gap_{g['variant']}_k{g['labeled']}": g["gap_mean"]})
+        for r in summary["rows"]:
+            tr.log_metrics({f"{r['variant']}_k{r['labeled']}_dice": r["dice_mean"]})
+        for f in ("table.md", "table.csv", "bar.png"):
+            tr.log_artifact(out / f)
+        tr.log_artifact(out / "overlays", "overlays")
+        client.set_terminated(parent, status="FINISHED")
+    return out
