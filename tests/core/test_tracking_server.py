@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +119,13 @@ def test_spool_is_replayable_from_a_local_folder(mlflow_server, monkeypatch, tmp
     monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     dead = "http://127.0.0.1:9"  # discard port: nothing answers
-    with stage_run(dead, "", "preprocess") as t:
+    name = f"preprocess-{uuid.uuid4().hex[:8]}"  # the server is shared by the session: a name of its own
+    with stage_run(dead, "", name) as t:
         t.log_metrics({"slices": 12.0})
     assert len(pending_bundles(str(spool))) == 1
     assert (Path(pending_bundles(str(spool))[0]) / "records.jsonl").is_file()
     assert sync_spool(mlflow_server.uri, str(spool)) == 1
-    run = _runs(mlflow_server.uri, "augpaint")["preprocess"]
+    run = _runs(mlflow_server.uri, "augpaint")[name]
     assert run.data.metrics["slices"] == 12.0 and run.info.status == "FINISHED"
 
 
