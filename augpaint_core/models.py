@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel, VQModel
+from diffusers import DDPMScheduler, UNet2DModel, VQModel
 
 from .config import AEConfig, LDMConfig, PixelDMConfig, SegConfig
 from .errors import AugPaintError
@@ -105,12 +105,6 @@ def build_train_scheduler(cfg: LDMConfig) -> DDPMScheduler:
     """LDM's "linear" schedule (linear in sqrt(beta)) = diffusers' scaled_linear; latents are unbounded."""
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="scaled_linear",
                          beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False)
-
-
-def ddim_from(train_scheduler_config) -> DDIMScheduler:
-    """LDM-style DDIM for the trained schedule (steps_offset=1, set_alpha_to_one=False, no clipping)."""
-    return DDIMScheduler.from_config(train_scheduler_config, clip_sample=False, steps_offset=1,
-                                     set_alpha_to_one=False)
 
 
 def build_segmenter(cfg: SegConfig, num_classes: int, image_size: int | None = None) -> torch.nn.Module:

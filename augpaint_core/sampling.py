@@ -197,7 +197,7 @@ def repaint_loop(unet, train_config, x0: torch.Tensor, keep: torch.Tensor, seeds
     sched.set_timesteps(steps, jump_length, jump_n_sample)
     # Per-item generators on the images' device; the scheduler's own draws (randn_tensor) use them too.
     noise = ItemNoise(seeds, x0.device)
-    gens = noise.gens
+    gens = noise.gens if len(seeds) > 1 else noise.gens[0]  # randn_tensor wants one generator for a batch of 1
     x = noise.randn(tuple(x0.shape[1:]))
     t_last = int(sched.timesteps[0]) + 1
     for t_tensor in sched.timesteps:
@@ -205,8 +205,8 @@ def repaint_loop(unet, train_config, x0: torch.Tensor, keep: torch.Tensor, seeds
         if t < t_last:
             with autocast():  # a tensor timestep: torch.compile does not recompile for every step
                 eps = unet(x, t_tensor.to(x.device)).sample.float()
-            x = sched.step(eps, t, x, x0, keep, generator=gens if len(gens) > 1 else gens[0]).prev_sample
+            x = sched.step(eps, t, x, x0, keep, generator=gens).prev_sample
         else:
-            x = sched.undo_step(x, t_last, generator=gens if len(gens) > 1 else gens[0])
+            x = sched.undo_step(x, t_last, generator=gens)
         t_last = t
     return x

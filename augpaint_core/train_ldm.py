@@ -23,8 +23,9 @@ from .config import AugPaintConfig
 from .dataset import open_dataset
 from .errors import AugPaintError
 from .masks import random_keep_mask
-from .models import (AE_FACTOR, build_pixel_unet, build_train_scheduler, build_unet, ddim_from, load_vqmodel,
+from .models import (AE_FACTOR, build_pixel_unet, build_train_scheduler, build_unet, load_vqmodel,
                      seed_everything, to_tensor, to_uint8)
+from .sampling import make_scheduler
 from .train_ae import encode_latents, flipped_batch, image_grid
 from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
                        plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
@@ -41,7 +42,7 @@ def masked_input(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def sample_unconditional(unet, scheduler_config, ae, n: int, steps: int, seed: int) -> np.ndarray:
     """Plain DDIM samples decoded to images (a quick look at what the LDM learned)."""
-    sched = ddim_from(scheduler_config)
+    sched = make_scheduler("ddim", scheduler_config)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     c, s = unet.config.out_channels, unet.config.sample_size
@@ -55,7 +56,7 @@ def sample_unconditional(unet, scheduler_config, ae, n: int, steps: int, seed: i
 def sample_conditional(unet, scheduler_config, ae, x: torch.Tensor, keep: torch.Tensor, steps: int, seed: int
                        ) -> np.ndarray:
     """DDIM samples of the conditional model for images ``x`` with keep-masks ``keep`` (N,1,H,W)."""
-    sched = ddim_from(scheduler_config)
+    sched = make_scheduler("ddim", scheduler_config)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     cond = encode_latents(ae, masked_input(x, keep)) * ae.config.scaling_factor
