@@ -152,7 +152,7 @@ def _kfp_command(args: argparse.Namespace) -> None:
         print(f"compile: wrote {out}")
         return
     if args.command == "sync-tracking":
-        from .tracking import sync_spool
+        from .infra.tracking import sync_spool
 
         print(f"sync-tracking: replayed {sync_spool(args.tracking_uri, args.spool)} bundle(s)")
         return
@@ -228,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             print((Path(out) / "table.md").read_text())
             print(f"experiment: wrote {out}")
         elif args.command == "make-phantom":
-            from .phantom import write_phantom
+            from .data.phantom import write_phantom
 
             out = write_phantom(args.out, seed=args.seed, num_cases=args.cases, slices=args.slices, size=args.size)
             print(f"make-phantom: wrote {out}")
         elif args.command == "make-fixture":
-            from .fakedata import write_fake_dataset
+            from .data.fakedata import write_fake_dataset
 
             out = write_fake_dataset(args.fmt, args.out, num_cases=args.cases, seed=args.seed)
             print(f"make-fixture: wrote {out}")

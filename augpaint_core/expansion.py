@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from . import storage, versions
-from .artifacts import atomic_dir, read_artifact_meta, write_artifact_meta
+from .infra import storage, versions
+from .infra.artifacts import atomic_dir, read_artifact_meta, write_artifact_meta
 from .config import AugPaintConfig
-from .dataset import SliceDataset, load_dataset, save_dataset
+from .data.dataset import SliceDataset, load_dataset, save_dataset
 from .errors import AugPaintError
 
 CURRENT = "current"  # alias of the AE/LDM the expansion reuses
@@ -69,8 +69,8 @@ def prepare(cfg: AugPaintConfig, out: str | Path, *, incoming: str, versions_uri
         force: replace an existing output.
         tracker: optional MLflow stage tracker.
     """
-    from .ingest import scan
-    from .preprocess import preprocess, split_patients
+    from .data.ingest import scan
+    from .data.preprocess import preprocess, split_patients
 
     pm = parent_manifest(versions_uri, parent)
     pinned: dict[str, str] = (pm or {}).get("info", {}).get("splits", {})
@@ -240,7 +240,7 @@ def models(cfg: AugPaintConfig, out: str | Path, *, kind: str, dataset: str | Pa
         force: replace an existing output.
         tracker: the stage's MLflow tracker (the registered version points at its run).
     """
-    from .tracking import download_model, register_model
+    from .infra.tracking import download_model, register_model
 
     if kind not in ("ae", "ldm"):
         raise AugPaintError(f"expand-models: kind must be ae or ldm, got {kind!r}")
@@ -256,11 +256,11 @@ def models(cfg: AugPaintConfig, out: str | Path, *, kind: str, dataset: str | Pa
                     tracker.set_tags({"augpaint.model_source": f"models:/{name}@{CURRENT}"})
                 return Path(out), False
     if kind == "ae":
-        from .train_ae import train_ae
+        from .generative.train_ae import train_ae
 
         train_ae(cfg, dataset, out, force=force, tracker=tracker)
     else:
-        from .train_ldm import train_ldm
+        from .generative.train_ldm import train_ldm
 
         if ae_path is None:
             raise AugPaintError("expand-models: the LDM needs the AE")
@@ -279,8 +279,8 @@ def promote(cfg: AugPaintConfig, out: str | Path, *, dataset: str | Path, candid
     Both are evaluated on the same test split of ``dataset``; ``out/metrics.json`` has the
     numbers and the decision.
     """
-    from .evaluate import evaluate_model
-    from .tracking import download_model, register_model, set_alias
+    from .segmentation.evaluate import evaluate_model
+    from .infra.tracking import download_model, register_model, set_alias
 
     ds = load_dataset(dataset)
     name = f"{prefix}-seg"
@@ -321,7 +321,7 @@ def run_tracked(stage: str, config_yaml: str, fn, *, tracking_uri: str = "", par
     import sys
 
     from .config import config_from_yaml_text
-    from .tracking import stage_run
+    from .infra.tracking import stage_run
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

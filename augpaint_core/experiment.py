@@ -32,10 +32,10 @@ from typing import Callable
 
 import numpy as np
 
-from .artifacts import ARTIFACT_FILE, write_artifact_meta
+from .infra.artifacts import ARTIFACT_FILE, write_artifact_meta
 from .config import AugPaintConfig
 from .errors import AugPaintError
-from .metrics import CONVENTION
+from .segmentation.metrics import CONVENTION
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,15 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
         variants: names from ``VARIANTS``.
         on_result: called with (variant, split, k, evaluation, extra) after each variant is evaluated.
     """
-    from .augment import rand_aug
-    from .evaluate import evaluate_model
-    from .dataset import load_dataset
-    from .filter import filter_synthetic
-    from .inpaint import inpaint
-    from .preprocess import preprocess
-    from .train_ae import train_ae
-    from .train_ldm import train_ldm
-    from .train_seg import train_seg
+    from .segmentation.augment import rand_aug
+    from .segmentation.evaluate import evaluate_model
+    from .data.dataset import load_dataset
+    from .segmentation.filter import filter_synthetic
+    from .generative.inpaint import inpaint
+    from .data.preprocess import preprocess
+    from .generative.train_ae import train_ae
+    from .generative.train_ldm import train_ldm
+    from .segmentation.train_seg import train_seg
 
     base = cfg.model_copy(deep=True)
     base.seed = cfg.seed + split
@@ -311,10 +311,10 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
         tracking_uri: MLflow URI; ``none`` disables tracking.
         force: replace a finished experiment in ``out`` (its work folder too).
     """
-    from .dataset import load_dataset
-    from .models import load_segmenter
-    from .tracking import Tracker, start_parent_run, stage_run
-    from .train_seg import predict
+    from .data.dataset import load_dataset
+    from .segmentation.segmenters import load_segmenter
+    from .infra.tracking import Tracker, start_parent_run, stage_run
+    from .segmentation.train_seg import predict
 
     labeled = sorted(set(labeled or [cfg.data.num_labeled]))
     variants = list(variants or DEFAULT_VARIANTS)
@@ -365,7 +365,7 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
             run_split(cfg, out / "work" / f"split{split}", split, labeled, variants, on_result)
     except BaseException:
         if track:
-            from .tracking import _client, resolve_uri
+            from .infra.tracking import _client, resolve_uri
 
             _client(resolve_uri(tracking_uri)).set_terminated(parent, status="FAILED")
         raise
@@ -393,7 +393,7 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
                         extra={"splits": splits, "labeled": labeled, "variants": variants,
                                "gaps": summary["gaps"], "seconds": time.time() - t0})
     if track:
-        from .tracking import _client, resolve_uri
+        from .infra.tracking import _client, resolve_uri
 
         client = _client(resolve_uri(tracking_uri))
         tr = Tracker(client, parent)

@@ -15,21 +15,21 @@ from typing import Any, Callable
 
 from .config import AugPaintConfig, config_from_yaml_text
 from .errors import AugPaintError
-from .tracking import stage_run
+from .infra.tracking import stage_run
 
 # Stage name -> "module:function". Imported on first use, so a KFP task imports only its own stage
 # (diffusers and MONAI take about 10 s to import on 2 cores).
 STAGES: dict[str, str] = {
-    "preprocess": "preprocess:preprocess",
-    "train-ae": "train_ae:train_ae",
-    "train-ldm": "train_ldm:train_ldm",
-    "train-pixel": "train_ldm:train_pixel",
-    "inpaint": "inpaint:inpaint",
-    "merge-shards": "inpaint:merge_shards",
-    "rand-aug": "augment:rand_aug",
-    "filter": "filter:filter_synthetic",
-    "train-seg": "train_seg:train_seg",
-    "evaluate": "evaluate:evaluate",
+    "preprocess": "data.preprocess:preprocess",
+    "train-ae": "generative.train_ae:train_ae",
+    "train-ldm": "generative.train_ldm:train_ldm",
+    "train-pixel": "generative.train_ldm:train_pixel",
+    "inpaint": "generative.inpaint:inpaint",
+    "merge-shards": "generative.inpaint:merge_shards",
+    "rand-aug": "segmentation.augment:rand_aug",
+    "filter": "segmentation.filter:filter_synthetic",
+    "train-seg": "segmentation.train_seg:train_seg",
+    "evaluate": "segmentation.evaluate:evaluate",
 }
 
 

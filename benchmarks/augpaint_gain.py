@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from augpaint_core.artifacts import read_artifact_meta
+from augpaint_core.infra.artifacts import read_artifact_meta
 from augpaint_core.config import load_config
-from augpaint_core.evaluate import evaluate
-from augpaint_core.filter import filter_synthetic
-from augpaint_core.inpaint import inpaint
-from augpaint_core.preprocess import preprocess
-from augpaint_core.train_ae import train_ae
-from augpaint_core.train_ldm import train_ldm
-from augpaint_core.train_seg import train_seg
+from augpaint_core.segmentation.evaluate import evaluate
+from augpaint_core.segmentation.filter import filter_synthetic
+from augpaint_core.generative.inpaint import inpaint
+from augpaint_core.data.preprocess import preprocess
+from augpaint_core.generative.train_ae import train_ae
+from augpaint_core.generative.train_ldm import train_ldm
+from augpaint_core.segmentation.train_seg import train_seg
 from common import split_runs
 
 

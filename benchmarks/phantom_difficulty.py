@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from augpaint_core.config import load_config
-from augpaint_core.evaluate import evaluate_model
-from augpaint_core.artifacts import read_artifact_meta
-from augpaint_core.dataset import load_dataset
-from augpaint_core.preprocess import preprocess
-from augpaint_core.train_seg import train_seg
+from augpaint_core.segmentation.evaluate import evaluate_model
+from augpaint_core.infra.artifacts import read_artifact_meta
+from augpaint_core.data.dataset import load_dataset
+from augpaint_core.data.preprocess import preprocess
+from augpaint_core.segmentation.train_seg import train_seg
 
 
 def main() -> None:

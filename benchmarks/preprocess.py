@@ -44,7 +44,7 @@ def subset(full: Path, n: int, dest: Path) -> Path:
 def run_one(raw: str, out: str, size: int, workers: int) -> None:
     """Child process: preprocess and print one JSON line with timing and peak memory."""
     from augpaint_core.config import parse_config
-    from augpaint_core.preprocess import preprocess
+    from augpaint_core.data.preprocess import preprocess
 
     cfg = parse_config({"data": {"image_size": size, "split": [0.9, 0.05, 0.05], "num_labeled": 1,
                                  "workers": workers}})
@@ -69,7 +69,7 @@ def main() -> None:
     if args.child:
         run_one(args.child[0], args.child[1], args.size, args.workers)
         return
-    from augpaint_core.fakedata import write_fake_dataset
+    from augpaint_core.data.fakedata import write_fake_dataset
 
     n_max = max(args.volumes)
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from augpaint_core.config import load_config
-from augpaint_core.inpaint import augpaint_sample, box_mask
-from augpaint_core.models import build_pixel_unet, build_train_scheduler, build_unet, build_vqmodel
-from augpaint_core.sampling import batch_invariant, repaint_calls, repaint_loop
+from augpaint_core.generative.inpaint import augpaint_sample
+from augpaint_core.generative.masks import box_mask
+from augpaint_core.generative.models import build_pixel_unet, build_train_scheduler, build_unet, build_vqmodel
+from augpaint_core.generative.sampling import batch_invariant, repaint_calls, repaint_loop
 
 REPO = Path(__file__).resolve().parents[1]
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s).

@@ -25,15 +25,16 @@ import numpy as np
 import torch
 
 from augpaint_core.config import load_config
-from augpaint_core.dataset import load_dataset
-from augpaint_core.evaluate import evaluate
-from augpaint_core.filter import filter_synthetic
-from augpaint_core.inpaint import inpaint
-from augpaint_core.models import load_vqmodel, to_tensor
-from augpaint_core.preprocess import preprocess
-from augpaint_core.train_ae import train_ae
-from augpaint_core.train_ldm import train_ldm
-from augpaint_core.train_seg import train_seg
+from augpaint_core.data.dataset import load_dataset
+from augpaint_core.segmentation.evaluate import evaluate
+from augpaint_core.segmentation.filter import filter_synthetic
+from augpaint_core.generative.inpaint import inpaint
+from augpaint_core.generative.models import load_vqmodel
+from augpaint_core.runtime import to_tensor
+from augpaint_core.data.preprocess import preprocess
+from augpaint_core.generative.train_ae import train_ae
+from augpaint_core.generative.train_ldm import train_ldm
+from augpaint_core.segmentation.train_seg import train_seg
 from common import split_runs
 
 VARIANTS = {"ddim50": ("ddim", 50), "dpmpp20": ("dpmsolver++", 20), "unipc20": ("unipc", 20),

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from augpaint_core.config import load_config
-from augpaint_core.models import build_train_scheduler, build_unet, build_vqmodel
+from augpaint_core.generative.models import build_train_scheduler, build_unet, build_vqmodel
 
 REPO = Path(__file__).resolve().parents[1]
 

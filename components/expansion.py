@@ -14,7 +14,7 @@ def scan_incoming(incoming_uri: str, versions_uri: str) -> NamedTuple("Scan", [(
     import sys
     from collections import namedtuple
 
-    from augpaint_core import versions
+    from augpaint_core.infra import versions
     from augpaint_core.errors import AugPaintError
     from augpaint_core.expansion import fingerprint
 
@@ -71,7 +71,7 @@ def select_new_cases(config_yaml: str, dataset: Input[Dataset], versions_uri: st
                      selected: Output[Dataset], tracking_uri: str = "", parent_run_id: str = "") -> int:
     """The dataset without the labeled cases the parent version already expanded; returns the new cases' count."""
     from augpaint_core import expansion
-    from augpaint_core.artifacts import read_artifact_meta
+    from augpaint_core.infra.artifacts import read_artifact_meta
 
     expansion.run_tracked("expand-select", config_yaml, expansion.select_new, tracking_uri=tracking_uri,
                           parent_run_id=parent_run_id, out=selected.path, dataset=dataset.path,

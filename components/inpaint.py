@@ -26,16 +26,8 @@ def inpaint(config_yaml: str, dataset: Input[Dataset], ae: Input[Model], ldm: In
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def merge_inpaint_shards(config_yaml: str, shards: Input[List[Dataset]], synthetic: Output[Dataset]):
     """Stage 4 (fan-in): merge the shards' synthetic datasets, in shard order, into one artifact."""
-    import sys
+    from augpaint_core.stages import run_stage_or_exit
 
-    from augpaint_core.config import config_from_yaml_text
-    from augpaint_core.errors import AugPaintError
-    from augpaint_core.inpaint import merge_shards
-
-    try:
-        # ParallelFor collects in completion order; the metadata's shard index restores the order.
-        paths = [s.path for s in shards]
-        merge_shards(config_from_yaml_text(config_yaml), paths, synthetic.path, force=True)
-    except AugPaintError as err:
-        print(f"augpaint merge-shards: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    # ParallelFor collects in completion order; the metadata's shard index restores the order.
+    run_stage_or_exit("merge-shards", config_yaml, synthetic.path, tracking_uri="none",
+                      shard_dirs=[s.path for s in shards])

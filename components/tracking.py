@@ -12,7 +12,7 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
 
     from augpaint_core.config import config_from_yaml_text
     from augpaint_core.errors import AugPaintError
-    from augpaint_core.tracking import start_parent_run
+    from augpaint_core.infra.tracking import start_parent_run
 
     if tracking_uri == "none":
         return ""
@@ -30,7 +30,7 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def close_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
     """Exit handler: replay spooled records, then close this pipeline run's parent MLflow run with its final state."""
-    from augpaint_core.tracking import close_parent_runs
+    from augpaint_core.infra.tracking import close_parent_runs
 
     state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
     if tracking_uri != "none":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
-from augpaint_core.tracking import resolve_uri
+from augpaint_core.infra.tracking import resolve_uri
 
 
 def find_report(pipeline_root: Path, since: float) -> Path:
@@ -90,7 +90,7 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
     """
     from kfp import local
 
-    from augpaint_core import versions
+    from augpaint_core.infra import versions
     from pipelines.expansion_pipeline import build_pipeline
 
     out = out.resolve()

@@ -38,13 +38,13 @@ def tiny_cfg() -> AugPaintConfig:
 @pytest.fixture(scope="session")
 def pipeline_artifacts(tmp_path_factory) -> dict[str, Path]:
     """Every stage once, in process, on the tiny config (no tracking)."""
-    from augpaint_core.evaluate import evaluate
-    from augpaint_core.filter import filter_synthetic
-    from augpaint_core.inpaint import inpaint
-    from augpaint_core.preprocess import preprocess
-    from augpaint_core.train_ae import train_ae
-    from augpaint_core.train_ldm import train_ldm
-    from augpaint_core.train_seg import train_seg
+    from augpaint_core.segmentation.evaluate import evaluate
+    from augpaint_core.segmentation.filter import filter_synthetic
+    from augpaint_core.generative.inpaint import inpaint
+    from augpaint_core.data.preprocess import preprocess
+    from augpaint_core.generative.train_ae import train_ae
+    from augpaint_core.generative.train_ldm import train_ldm
+    from augpaint_core.segmentation.train_seg import train_seg
 
     cfg = parse_config(tiny_dict(), "tiny")
     d = tmp_path_factory.mktemp("stages")

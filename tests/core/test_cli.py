@@ -2,7 +2,7 @@
 import yaml
 
 from augpaint_core.cli import main
-from augpaint_core.phantom import write_phantom
+from augpaint_core.data.phantom import write_phantom
 from tests.conftest import tiny_dict
 
 
@@ -78,7 +78,7 @@ def test_rand_aug_and_filter_with_a_reused_scorer_from_the_shell(tmp_path, pipel
                  "--tracking-uri", "none"]) == 0
     assert main(["filter", "--config", str(cfg), "--in", ds, "--synthetic", str(tmp_path / "ra"), "--scorer",
                  str(a["filtered"] / "scorer"), "--out", str(tmp_path / "flt"), "--tracking-uri", "none"]) == 0
-    from augpaint_core.artifacts import read_artifact_meta
+    from augpaint_core.infra.artifacts import read_artifact_meta
 
     meta = read_artifact_meta(tmp_path / "flt")
     assert meta["inputs"]["scorer"] and meta["num_in"] == 2 * meta["num_kept"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from augpaint_core import storage, versions
+from augpaint_core.infra import storage, versions
 from augpaint_core.config import parse_config
-from augpaint_core.dataset import load_dataset
-from augpaint_core.phantom import write_phantom
+from augpaint_core.data.dataset import load_dataset
+from augpaint_core.data.phantom import write_phantom
 from tests.conftest import tiny_dict
 
 FIRST, TOTAL = 8, 12

@@ -1,0 +1,312 @@
+"""The slice-dataset artifact: sharded, memory-mappable arrays plus a manifest.
+
+Layout of a dataset folder (local, or the same keys under an ``s3://`` prefix)::
+
+    manifest.json            schema version, class names, regions, shard table, one record per slice
+    shards/images-00000.npy  (n, H, W, 3) uint8
+    shards/labels-00000.npy  (n, H, W) uint8
+    artifact.json            provenance (config, versions, input hashes), written last
+
+Writers stream: a shard is written as soon as ``shard_size`` slices are buffered,
+so preprocessing BraTS-scale data (about 15 GB of images) needs one shard of
+memory. Readers memory-map shards and verify a shard's sha256 the first time it
+is touched, so reading a few slices of a large dataset touches only their shards.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..infra.artifacts import ARTIFACT_FILE, sha256_file
+from ..errors import AugPaintError
+
+DATASET_SCHEMA = 2
+MANIFEST = "manifest.json"
+RECORD_FIELDS = ("case_id", "slice_index", "split", "labeled", "source", "provenance")
+
+
+class ShardedArray:
+    """Read-only array view over per-shard arrays, loaded on first use.
+
+    Supports what the stages need: ``shape``, ``dtype``, ``len``, integer,
+    slice, integer-array and boolean-mask indexing (result is an in-memory
+    ndarray), and ``np.asarray`` (materialises everything).
+    """
+
+    def __init__(self, counts: list[int], tail: tuple[int, ...], dtype: np.dtype,
+                 opener: Callable[[int], np.ndarray]) -> None:
+        self._counts = list(counts)
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
+        self._tail = tuple(tail)
+        self.dtype = np.dtype(dtype)
+        self._opener = opener
+        self._open: dict[int, np.ndarray] = {}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self._starts[-1]), *self._tail)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._tail)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _shard(self, s: int) -> np.ndarray:
+        if s not in self._open:
+            arr = self._opener(s)
+            if arr.shape != (self._counts[s], *self._tail) or arr.dtype != self.dtype:
+                raise AugPaintError(f"shard {s}: shape {arr.shape} {arr.dtype} does not match the manifest "
+                                    f"({self._counts[s]}, {self._tail}) {self.dtype}")
+            self._open[s] = arr
+        return self._open[s]
+
+    def _gather(self, idx: np.ndarray) -> np.ndarray:
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} slices")
+        idx = np.where(idx < 0, idx + n, idx)
+        out = np.empty((idx.size, *self._tail), self.dtype)
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        for s in np.unique(shard_of):
+            sel = np.nonzero(shard_of == s)[0]
+            local = idx[sel] - self._starts[s]
+            order = np.argsort(local, kind="stable")  # memmaps read fastest in file order
+            out[sel[order]] = self._shard(int(s))[local[order]]
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):  # e.g. labels[idx, 3:5]: select slices lazily, the rest in memory
+            first, rest = key[0], key[1:]
+            out = self[first]
+            return out[rest] if isinstance(first, (int, np.integer)) else out[(slice(None), *rest)]
+        if isinstance(key, (int, np.integer)):
+            return self._gather(np.array([int(key)]))[0]
+        if isinstance(key, slice):
+            return self._gather(np.arange(len(self))[key])
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} slices")
+            idx = np.nonzero(idx)[0]
+        return self._gather(idx.astype(np.int64).reshape(-1))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._gather(np.arange(len(self)))
+        return out.astype(dtype) if dtype is not None else out
+
+
+@dataclass
+class SliceDataset:
+    """A slice dataset, in memory or backed by shards.
+
+    ``records`` hold per slice: case_id, slice_index, split (train/val/test),
+    labeled (bool), source (real/synthetic) and a ``provenance`` dict.
+    Labels of unlabeled training slices are all zero and must not be used.
+    ``regions`` names evaluation regions as unions of classes (BraTS WT/TC/ET).
+    """
+
+    images: np.ndarray | ShardedArray
+    labels: np.ndarray | ShardedArray
+    records: list[dict[str, Any]]
+    class_names: list[str]
+    regions: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.records)
+        if self.images.shape[0] != n or self.labels.shape[0] != n:
+            raise AugPaintError(f"dataset: {self.images.shape[0]} images, {self.labels.shape[0]} labels, {n} records")
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise AugPaintError(f"dataset: images must be (N,H,W,3) uint8, got {self.images.shape} {self.images.dtype}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.class_names) + 1
+
+    def select(self, idx: list[int] | np.ndarray) -> "SliceDataset":
+        """An in-memory subset."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return SliceDataset(self.images[idx], self.labels[idx], [self.records[i] for i in idx], self.class_names,
+                            self.regions)
+
+    def where(self, **match: Any) -> np.ndarray:
+        """Indices of records whose fields equal all given values."""
+        return np.array([i for i, r in enumerate(self.records) if all(r.get(k) == v for k, v in match.items())],
+                        dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+class DatasetWriter:
+    """Stream slices into shards; ``close()`` writes the manifest.
+
+    Args:
+        folder: the (temporary) artifact folder.
+        class_names: foreground class names, label value k is ``class_names[k-1]``.
+        image_size: H = W of every slice.
+        shard_size: slices per shard.
+        regions: optional evaluation regions.
+        info: extra manifest fields (dataset name, format, report).
+    """
+
+    def __init__(self, folder: str | Path, class_names: list[str], image_size: int, *, shard_size: int = 512,
+                 regions: dict[str, list[int]] | None = None, info: dict | None = None) -> None:
+        self.folder = Path(folder)
+        (self.folder / "shards").mkdir(parents=True, exist_ok=True)
+        self.class_names, self.size, self.shard_size = list(class_names), int(image_size), int(shard_size)
+        self.regions, self.info = dict(regions or {}), dict(info or {})
+        self._img = np.empty((self.shard_size, self.size, self.size, 3), np.uint8)
+        self._lab = np.empty((self.shard_size, self.size, self.size), np.uint8)
+        self._fill = 0
+        self.records: list[dict] = []
+        self.shards: list[dict] = []
+
+    def add(self, images: np.ndarray, labels: np.ndarray, records: list[dict]) -> None:
+        """Append slices: images (n, H, W, 3) uint8, labels (n, H, W) uint8, n records."""
+        n = len(records)
+        if images.shape != (n, self.size, self.size, 3) or images.dtype != np.uint8:
+            raise AugPaintError(f"dataset writer: images {images.shape} {images.dtype}, expected "
+                                f"({n}, {self.size}, {self.size}, 3) uint8")
+        if labels.shape != (n, self.size, self.size):
+            raise AugPaintError(f"dataset writer: labels {labels.shape}, expected ({n}, {self.size}, {self.size})")
+        if labels.size and int(labels.max()) > len(self.class_names):
+            raise AugPaintError(f"dataset writer: label value {int(labels.max())} > {len(self.class_names)} classes")
+        for r in records:
+            missing = [k for k in RECORD_FIELDS if k not in r]
+            if missing:
+                raise AugPaintError(f"dataset writer: record {r} lacks {missing}")
+        self.records.extend(records)
+        i = 0
+        while i < n:
+            take = min(n - i, self.shard_size - self._fill)
+            self._img[self._fill:self._fill + take] = images[i:i + take]
+            self._lab[self._fill:self._fill + take] = labels[i:i + take]
+            self._fill += take
+            i += take
+            if self._fill == self.shard_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._fill:
+            return
+        k = len(self.shards)
+        entry = {"num_slices": self._fill, "start": sum(s["num_slices"] for s in self.shards)}
+        for name, buf in (("images", self._img), ("labels", self._lab)):
+            rel = f"shards/{name}-{k:05d}.npy"
+            np.save(self.folder / rel, buf[:self._fill])
+            entry[name] = rel
+            entry[f"{name}_sha256"] = sha256_file(self.folder / rel)
+        self.shards.append(entry)
+        self._fill = 0
+
+    def close(self) -> dict:
+        """Flush the last shard and write ``manifest.json``; returns the manifest."""
+        self._flush()
+        manifest = {"schema_version": DATASET_SCHEMA, "class_names": self.class_names, "regions": self.regions,
+                    "image_size": self.size, "num_slices": len(self.records), "shards": self.shards,
+                    **self.info, "records": self.records}
+        (self.folder / MANIFEST).write_text(json.dumps(manifest))
+        return manifest
+
+
+def save_dataset(ds: SliceDataset, folder: str | Path, *, shard_size: int = 512, info: dict | None = None) -> dict:
+    """Write an in-memory (or sharded) dataset into ``folder``."""
+    w = DatasetWriter(folder, ds.class_names, ds.images.shape[1], shard_size=shard_size, regions=ds.regions,
+                      info=info)
+    for a in range(0, len(ds.records), shard_size):
+        idx = np.arange(a, min(a + shard_size, len(ds.records)))
+        w.add(np.asarray(ds.images[idx]), np.asarray(ds.labels[idx]), ds.records[a:idx[-1] + 1])
+    return w.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def shard_hashes(manifest: dict) -> dict[str, str]:
+    """Relative path -> sha256 of every shard, as recorded while writing."""
+    return {s[k]: s[f"{k}_sha256"] for s in manifest["shards"] for k in ("images", "labels")}
+
+
+def _verified_local(path: Path, digest: str, verify: bool) -> np.ndarray:
+    if not path.is_file():
+        raise AugPaintError(f"{path}: shard missing; the dataset artifact is incomplete")
+    if verify and sha256_file(path) != digest:
+        raise AugPaintError(f"{path}: checksum mismatch; the dataset artifact is corrupt")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise AugPaintError(f"{path}: unreadable shard ({err})") from None
+
+
+def read_manifest(uri: str | Path) -> dict:
+    """The manifest of a complete dataset artifact (local folder or ``s3://`` prefix)."""
+    from ..infra import storage
+
+    uri = str(uri)
+    if not storage.exists(storage.join(uri, ARTIFACT_FILE)):
+        if not storage.is_s3(uri) and not Path(uri).is_dir():
+            raise AugPaintError(f"{uri}: dataset not found")
+        raise AugPaintError(f"{uri}: not a complete dataset artifact (no {ARTIFACT_FILE}); was its stage "
+                            f"interrupted?")
+    try:
+        manifest = json.loads(storage.read_bytes(storage.join(uri, MANIFEST)))
+    except AugPaintError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AugPaintError(f"{storage.join(uri, MANIFEST)}: corrupt manifest ({err})") from None
+    meta = json.loads(storage.read_bytes(storage.join(uri, ARTIFACT_FILE)))
+    if meta.get("kind") != "dataset":
+        raise AugPaintError(f"{uri}: expected a dataset artifact, found {meta.get('kind')!r}")
+    if manifest.get("schema_version") != DATASET_SCHEMA:
+        raise AugPaintError(f"{uri}: dataset schema {manifest.get('schema_version')} is not {DATASET_SCHEMA}; "
+                            f"re-run preprocess with this version")
+    return manifest
+
+
+def open_dataset(uri: str | Path, *, verify: bool = True, cache_dir: str | Path | None = None) -> SliceDataset:
+    """Open a dataset artifact lazily; shards are memory-mapped on first use.
+
+    Args:
+        uri: a local folder or an ``s3://bucket/prefix`` (shards are fetched into a
+            content-addressed local cache, then memory-mapped).
+        verify: check each shard's sha256 before first use.
+        cache_dir: cache for S3 shards (default ``$AUGPAINT_CACHE`` or ``~/.cache/augpaint``).
+    """
+    from ..infra import storage
+
+    m = read_manifest(uri)
+    uri = str(uri)
+    shards = m["shards"]
+
+    def opener(name: str) -> Callable[[int], np.ndarray]:
+        def open_shard(s: int) -> np.ndarray:
+            entry = shards[s]
+            rel, digest = entry[name], entry[f"{name}_sha256"]
+            if storage.is_s3(uri):
+                local = storage.cached_copy(storage.join(uri, rel), digest, cache_dir)
+                return _verified_local(Path(local), digest, False)  # cached_copy verified it
+            return _verified_local(Path(uri) / rel, digest, verify)
+        return open_shard
+
+    counts = [s["num_slices"] for s in shards]
+    if sum(counts) != len(m["records"]) or m["num_slices"] != len(m["records"]):
+        raise AugPaintError(f"{uri}: manifest lists {len(m['records'])} records but {sum(counts)} slices in shards")
+    size = int(m["image_size"])
+    return SliceDataset(ShardedArray(counts, (size, size, 3), np.uint8, opener("images")),
+                        ShardedArray(counts, (size, size), np.uint8, opener("labels")),
+                        m["records"], m["class_names"], {k: list(v) for k, v in m.get("regions", {}).items()})
+
+
+def load_dataset(uri: str | Path, **kw: Any) -> SliceDataset:
+    """Read a whole dataset artifact into memory (verified); :func:`open_dataset` is the lazy reader."""
+    ds = open_dataset(uri, **kw)
+    return SliceDataset(np.asarray(ds.images), np.asarray(ds.labels), ds.records, ds.class_names, ds.regions)

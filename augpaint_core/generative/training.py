@@ -1,0 +1,245 @@
+"""What train-ae and train-ldm share: accelerate set-up, step-indexed randomness, checkpoints.
+
+Every random draw of optimizer step ``s`` comes from generators seeded by
+``(seed, s)``: the batch order from ``(seed, epoch)``, noise, timesteps and
+flips from ``(seed, micro-step)``. A run resumed from a checkpoint at step s
+therefore continues exactly as the uninterrupted run would (bitwise on CPU),
+and the global batch is the same for any number of processes: each process
+takes its slice.
+
+Checkpoints are folders ``step-NNNNNNNN/`` holding ``state.pt`` (model, EMA,
+optimizer, discriminator) and ``artifact.json`` written last, in a local folder
+or under an ``s3://`` prefix, so a preempted pod continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..infra import storage
+from ..config import TrainingConfig
+from ..errors import AugPaintError
+
+CKPT = re.compile(r"step-(\d{8})$")
+
+
+def make_accelerator(tcfg: TrainingConfig):
+    """An ``accelerate.Accelerator`` for the config: mixed precision, accumulation, CPU when there is no GPU."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mp = tcfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if mp != "no" and not torch.cuda.is_available():
+        raise AugPaintError(f"training.mixed_precision: {mp} needs a GPU; use auto or no on CPU")
+    AcceleratorState._reset_state()  # several stages in one process may ask for different precisions
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=tcfg.grad_accum,
+                       cpu=not torch.cuda.is_available())
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    return int(np.random.default_rng([seed, step, stream]).integers(0, 2**62))
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The torch generator of one micro-step (one per ``stream`` of draws)."""
+    return torch.Generator().manual_seed(step_seed(seed, step, stream))
+
+
+def step_batch(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of micro-step ``step``: shuffled epochs, the same for any run that reaches that step."""
+    per_epoch = max(1, -(-n // batch_size))
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch, 7]).permutation(n)
+    return perm[k * batch_size:(k + 1) * batch_size]
+
+
+class Throughput:
+    """Images per second between two calls of ``rate``."""
+
+    def __init__(self) -> None:
+        self.t, self.n = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        r = self.n / max(now - self.t, 1e-9)
+        self.t, self.n = now, 0
+        return r
+
+
+class Checkpointer:
+    """Save and find checkpoints in a local folder or an ``s3://`` prefix.
+
+    Args:
+        uri: where the ``step-NNNNNNNN/`` folders live.
+        keep: how many of the newest checkpoints to keep.
+        arch: the model configuration(s); a checkpoint with another architecture is refused.
+        identity: what else must match to continue a run (seed, data, optimiser settings).
+    """
+
+    def __init__(self, uri: str, keep: int, arch: dict, identity: dict | None = None) -> None:
+        self.uri, self.keep = str(uri), keep
+        self.arch = json.loads(json.dumps(arch, default=str))
+        self.identity = json.loads(json.dumps(identity or {}, default=str))
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints (those with ``artifact.json``), oldest first."""
+        if not storage.exists(self.uri):
+            return []
+        found = set()
+        for u in storage.list_uris(self.uri):
+            parts = u.rstrip("/").split("/")
+            if parts[-1] == "artifact.json" and CKPT.match(parts[-2]):
+                found.add(int(CKPT.match(parts[-2]).group(1)))
+        return sorted(found)
+
+    def save(self, step: int, state: dict[str, Any], meta: dict) -> str:
+        """Write ``step-NNNNNNNN/`` (marker last) and drop old checkpoints."""
+        dest = storage.join(self.uri, f"step-{step:08d}")
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / "state.pt")
+            (Path(tmp) / "artifact.json").write_text(json.dumps({"kind": "checkpoint", "step": step,
+                                                                 "arch": self.arch, "identity": self.identity,
+                                                                 **meta}))
+            if storage.is_s3(dest):
+                storage.upload_dir(tmp, dest)  # uploads artifact.json last
+            else:
+                part = Path(f"{dest}.partial")
+                shutil.rmtree(part, ignore_errors=True)
+                shutil.copytree(tmp, part)
+                shutil.rmtree(dest, ignore_errors=True)
+                part.rename(dest)
+        for old in self.steps()[:-self.keep]:
+            self._delete(old)
+        return dest
+
+    def _delete(self, step: int) -> None:
+        uri = storage.join(self.uri, f"step-{step:08d}")
+        if storage.is_s3(uri):
+            bucket, key = storage.split_s3(uri)
+            cli = storage.client()
+            for u in storage.list_uris(uri):
+                cli.remove_object(bucket, storage.split_s3(u)[1])
+        else:
+            shutil.rmtree(uri, ignore_errors=True)
+
+    def load(self, step: int) -> tuple[dict, dict]:
+        """(state, meta) of a checkpoint; refuses another architecture before anything is loaded into a model."""
+        uri = storage.join(self.uri, f"step-{step:08d}")
+        meta = json.loads(storage.read_bytes(storage.join(uri, "artifact.json")))
+        for what, mine in (("architecture", self.arch), ("run", self.identity)):
+            theirs = meta.get("arch" if what == "architecture" else "identity", {})
+            if theirs != mine:
+                a, b = _dotted(theirs), _dotted(mine)
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise AugPaintError(f"{uri}: checkpoint is from a different {what} (differs in {', '.join(diff)}); "
+                                    f"use another training.checkpoint_dir or set training.resume=false")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = storage.download(storage.join(uri, "state.pt"), Path(tmp) / "state.pt")
+            try:
+                state = torch.load(local, map_location="cpu", weights_only=True)
+            except Exception as err:  # truncated or foreign file
+                raise AugPaintError(f"{uri}/state.pt: unreadable checkpoint ({type(err).__name__}: {err})") from None
+        return state, meta
+
+
+def _dotted(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_dotted(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def checkpoint_dir(tcfg: TrainingConfig, out: str | Path) -> str:
+    return tcfg.checkpoint_dir or f"{Path(out)}.checkpoints"
+
+
+def arch_of(model: torch.nn.Module) -> dict:
+    """The diffusers config of a model (what must match to resume)."""
+    cfg = dict(getattr(model, "config", {}))
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and k != "scaling_factor"}
+
+
+def resume_state(ckpt: Checkpointer, tcfg: TrainingConfig, parts: dict[str, Any], log) -> int:
+    """Load the newest checkpoint into ``parts`` (name -> object with ``load_state_dict``); return its step."""
+    steps = ckpt.steps() if tcfg.resume else []
+    if not steps:
+        return 0
+    state, meta = ckpt.load(steps[-1])
+    missing = sorted(set(parts) - set(state))
+    if missing:
+        raise AugPaintError(f"{ckpt.uri}: checkpoint step {steps[-1]} lacks {missing}; it was written by another "
+                            f"setup (e.g. without a discriminator or EMA)")
+    for name, obj in parts.items():
+        if isinstance(obj, list):  # EMA weights: a list of tensors
+            for dst, src in zip(obj, state[name]):
+                dst.copy_(src)
+        else:
+            obj.load_state_dict(state[name])
+    log.info("resumed from %s step %d", ckpt.uri, meta["step"])
+    return int(meta["step"])
+
+
+def state_of(parts: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint stores: state dicts, and EMA weight lists as they are."""
+    return {k: ([t.detach().clone() for t in v] if isinstance(v, list) else v.state_dict()) for k, v in parts.items()}
+
+
+def run_identity(cfg, section, inputs: dict[str, str | Path], acc) -> dict:
+    """What a checkpoint must share with this run to be continued: seed, data, optimiser, batch layout.
+
+    The step budget (epochs, max_steps) may differ: continuing a run for longer is allowed.
+    """
+    from ..infra.artifacts import artifact_hash
+
+    keep = {k: v for k, v in section.model_dump(mode="json").items() if k not in ("epochs", "max_steps")}
+    return {"seed": cfg.seed, "settings": keep, "grad_accum": cfg.training.grad_accum, "processes": acc.num_processes,
+            **{k: str(v) if storage.is_s3(str(v)) else artifact_hash(v) for k, v in inputs.items()}}
+
+
+def maybe_checkpoint(ckpt: Checkpointer, acc, tcfg: TrainingConfig, step: int, steps: int, parts: dict,
+                     stage: str) -> None:
+    """After optimizer step ``step`` (0-based): every ``checkpoint_every`` steps rank 0 saves, all ranks wait."""
+    done = step + 1
+    if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < steps:
+        if acc.is_main_process:
+            ckpt.save(done, state_of(parts), {"stage": stage})
+        acc.wait_for_everyone()
+
+
+def prepare(acc, model: torch.nn.Module, opt, tcfg: TrainingConfig):
+    """channels_last, accelerate wrapping and optional compile.
+
+    Returns:
+        (wrapped model, wrapped optimizer, unwrapped model, the callable to run forward passes with).
+    """
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model, opt = acc.prepare(model, opt)
+    return model, opt, acc.unwrap_model(model), torch.compile(model) if tcfg.compile else model
+
+
+def plan_steps(acc, tcfg: TrainingConfig, section, name: str, n_items: int, start: int, ckpt: Checkpointer
+               ) -> tuple[int, int]:
+    """Optimizer steps of this run and the logging interval; a checkpoint past the budget is an error."""
+    from ..runtime import num_steps
+
+    steps = num_steps(n_items, section.batch_size * acc.num_processes * tcfg.grad_accum, section.epochs,
+                      section.max_steps)
+    if start > steps:
+        raise AugPaintError(f"{ckpt.uri}: newest checkpoint is at step {start}, past this run's budget of {steps} "
+                            f"steps ({name}.epochs/{name}.max_steps); raise the budget or set training.resume=false")
+    return steps, tcfg.log_every or max(1, steps // 50)
