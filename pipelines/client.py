@@ -41,7 +41,7 @@ MIN_KFP_BACKEND = (2, 14)
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def default_namespace(namespace: str | None) -> str | None:
+def default_namespace(namespace: str | None, kubeconfig: str | None = None) -> str | None:
     """``namespace`` if given, else the current kubeconfig context's namespace, else the pod's own (in-cluster).
 
     Multi-user Kubeflow needs a profile namespace for every call; this spares typing it each time.
@@ -52,7 +52,7 @@ def default_namespace(namespace: str | None) -> str | None:
         from kubernetes import config as kconfig
 
         # $KUBECONFIG read now (the library reads it once, at import); a path list is merged.
-        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         _, active = kconfig.list_kube_config_contexts(config_file=path)
         ns = (active or {}).get("context", {}).get("namespace")
         if ns:
