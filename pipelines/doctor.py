@@ -325,15 +325,25 @@ def run_checks(kube: Kube, namespace: str, cfg: AugPaintConfig | None = None, *,
         image: component image (default: the components' default, $AUGPAINT_IMAGE).
     """
     cluster = (cfg or AugPaintConfig()).cluster
-    if kube.get(f"/api/v1/namespaces/{namespace}") is None:
-        return [Check("namespace", "FAIL", f"{namespace} does not exist",
-                      "pass the profile namespace (kubectl get profiles) as --namespace")]
+    try:
+        if kube.get(f"/api/v1/namespaces/{namespace}") is None:
+            return [Check("namespace", "FAIL", f"{namespace} does not exist",
+                          "pass the profile namespace (kubectl get profiles) as --namespace")]
+    except PermissionError:
+        pass  # profile users may not read Namespace objects; the checks below still say what is missing
     if image is None:
         from components import IMAGE
 
         image = IMAGE
     mlflow_port = 5000
-    checks: list[Check] = [check_kfp_version(kube, host), check_launcher(kube, namespace, cluster)]
+    def guarded(name: str, fn: Callable[[], Check]) -> Check:
+        try:
+            return fn()
+        except PermissionError as err:
+            return Check(name, "warn", f"cannot check ({err})", "run doctor as the namespace's owner")
+
+    checks: list[Check] = [check_kfp_version(kube, host),
+                           guarded("kfp-launcher", lambda: check_launcher(kube, namespace, cluster))]
     checks += check_secrets(kube, namespace, cluster)
     try:
         sec = kube.get(f"/api/v1/namespaces/{namespace}/secrets/{cluster.mlflow_secret}")
@@ -344,7 +354,7 @@ def run_checks(kube: Kube, namespace: str, cfg: AugPaintConfig | None = None, *,
     checks += [check_gpus(kube, cluster),
                check_service(kube, namespace, MINIO_SERVICE, 9000, "minio"),
                check_service(kube, namespace, MLFLOW_SERVICE, mlflow_port, "mlflow"),
-               check_image(kube, namespace, image)]
+               guarded("image", lambda: check_image(kube, namespace, image))]
     return checks
 
 

@@ -87,11 +87,12 @@ def test_broken_namespace_fails_each_check_with_a_fix(tmp_path, capsys):
 def test_a_profile_user_without_node_access_gets_warnings_not_failures(tmp_path, capsys):
     objects, _ = healthy()
     code, lines, _ = _doctor(tmp_path, objects, capsys, forbidden={
-        "/api/v1/nodes", "/apis/apps/v1/namespaces/kubeflow/deployments/ml-pipeline"})
+        "/api/v1/nodes", "/apis/apps/v1/namespaces/kubeflow/deployments/ml-pipeline", P,
+        f"{P}/configmaps/kfp-launcher"})
     assert code == 0
     warned = [line for line in lines if line.startswith("warn")]
-    assert len(warned) == 2 and any("cannot list nodes" in w for w in warned)
-    assert any("pass --host" in w for w in warned)
+    assert len(warned) == 3 and any("cannot list nodes" in w for w in warned)
+    assert any("pass --host" in w for w in warned) and any(w.startswith("warn  kfp-launcher") for w in warned)
 
 
 def test_unknown_namespace_and_unreachable_api_are_one_line(tmp_path, capsys):
