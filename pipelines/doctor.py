@@ -129,7 +129,7 @@ def _quantity(q: str | int | None) -> int:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def check_kfp_version(kube: Kube, host: str | None) -> Check:
+def check_kfp_version(kube: Kube, host: str | None, namespace: str | None = None) -> Check:
     from pipelines.client import MIN_KFP_BACKEND, parse_version
 
     need = ".".join(map(str, MIN_KFP_BACKEND))
@@ -138,7 +138,7 @@ def check_kfp_version(kube: Kube, host: str | None) -> Check:
         from pipelines.client import backend_version, connect
 
         try:
-            tag, _ = backend_version(connect(host, None))
+            tag, _ = backend_version(connect(host, namespace))
         except Exception as err:  # noqa: BLE001 - an AugPaintError or an HTTP error from the client
             return Check("kfp-version", "FAIL", f"KFP API at {host}: {' '.join(str(err).split())[:160]}",
                          "check --host (the KFP API or the gateway's /pipeline) and $KFP_TOKEN")
@@ -342,7 +342,7 @@ def run_checks(kube: Kube, namespace: str, cfg: AugPaintConfig | None = None, *,
         except PermissionError as err:
             return Check(name, "warn", f"cannot check ({err})", "run doctor as the namespace's owner")
 
-    checks: list[Check] = [check_kfp_version(kube, host),
+    checks: list[Check] = [check_kfp_version(kube, host, namespace),
                            guarded("kfp-launcher", lambda: check_launcher(kube, namespace, cluster))]
     checks += check_secrets(kube, namespace, cluster)
     try:

@@ -63,6 +63,7 @@ def test_broken_namespace_fails_each_check_with_a_fix(tmp_path, capsys):
                                          "message": f'Failed to pull image "{image}": not found'}]  # ... it failed
     with fake_kfp() as (host, kfp):
         kfp.tag_name = "2.5.0"  # Kubeflow 1.10.x
+        kfp.multi_user = True  # the namespace given to doctor is the one asked
         code, lines, _ = _doctor(tmp_path, objects, capsys, "--namespace", NS, "--host", host, "--set",
                                  "cluster.node_selector={nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}",
                                  "--config", "configs/demo.yaml")
