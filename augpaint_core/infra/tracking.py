@@ -77,9 +77,9 @@ def _denied(uri: str, err: BaseException) -> AugPaintError | None:
     status = m.group(1) if m else ("401" if code == "UNAUTHENTICATED" else "403")
     body = re.search(r"Response body: '([^']*)", text)
     why = " ".join((body.group(1) if body else text).split())[:120]
-    return TrackingAccessDenied(f"MLflow at {uri}: access denied (HTTP {status}: {why}); nothing was spooled: check the "
-                         "server's --allowed-hosts, that its pod has sidecar.istio.io/inject: \"false\" "
-                         "(or an AuthorizationPolicy admits pipeline pods), and the credentials")
+    return TrackingAccessDenied(f"MLflow at {uri}: access denied (HTTP {status}: {why}); nothing was spooled: "
+                                "check the server's --allowed-hosts, that its pod has sidecar.istio.io/inject: "
+                                "\"false\" (or an AuthorizationPolicy admits pipeline pods), and the credentials")
 
 
 OFFLINE_PREFIX = "offline-"

@@ -6,7 +6,6 @@ here the same answer comes from MLflow's own Host check, which is real on this m
 from __future__ import annotations
 
 import http.client
-from pathlib import Path
 
 import pytest
 
