@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None)
     p.add_argument("--namespace", default=None)
     p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("doctor", help="check a Kubeflow profile namespace before submitting (one line per check)")
+    p.add_argument("--namespace", default=None, help="profile namespace (default: the kubeconfig context's)")
+    p.add_argument("--host", default=None, help="KFP API URL, to ask it its version (default: read the "
+                                                "kubeflow/ml-pipeline deployment)")
+    p.add_argument("--config", default=None, help="preset whose cluster section the pipeline is compiled with")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--image", default=None, help="component image (default $AUGPAINT_IMAGE or the components' "
+                                                 "default)")
+    p.add_argument("--kubeconfig", default=None, help="default $KUBECONFIG, ~/.kube/config, else in-cluster")
+    p.add_argument("--context", default=None, help="kubeconfig context")
     p = sub.add_parser("sync-tracking", help="replay MLflow records kept while the server was down")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--spool", default=None, help="spool folder or s3:// prefix (default $AUGPAINT_MLFLOW_SPOOL)")
@@ -245,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module("pipelines.local").run_expansion_local(
                 cfg, args.incoming, args.versions, Path(args.out), args.tracking_uri, retrain=args.retrain,
                 model_prefix=args.model_prefix)
+        elif args.command == "doctor":
+            cfg = load_config(args.config, args.set) if args.config else None
+            if args.set and cfg is None:
+                raise AugPaintError("--set needs --config")
+            return importlib.import_module("pipelines.doctor").doctor(
+                args.namespace, cfg=cfg, host=args.host, image=args.image, kubeconfig=args.kubeconfig,
+                context=args.context)
         elif args.command in ("compile", "submit", "schedule", "runs", "sync-tracking"):
             _kfp_command(args)
     except AugPaintError as err:
