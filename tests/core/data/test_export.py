@@ -213,3 +213,40 @@ def test_nnunet_check_can_fail(exported, tmp_path):
     Image.fromarray(lab).save(first)
     res = _nnunet_verify(bad, tmp_path)
     assert res.returncode != 0 and "Unexpected labels" in res.stdout
+
+
+def _rgb_dataset(folder: Path) -> Path:
+    """Four patients, RGB slices: p0 labeled train, p1 unlabeled train, p2 val, p3 test."""
+    from augpaint_core.data.dataset import SliceDataset
+
+    rng = np.random.default_rng(0)
+    plan = [("p0", "train", True), ("p0", "train", True), ("p1", "train", False), ("p2", "val", True),
+            ("p3", "test", True)]
+    images = rng.integers(0, 256, (len(plan), 16, 16, 3), dtype=np.uint8)
+    labels = np.zeros((len(plan), 16, 16), np.uint8)
+    labels[:, 4:9, 5:10] = 1
+    labels[:, 10:12, 2:6] = 2
+    labels[2] = 0  # unlabeled: no labels stored
+    recs = [{"case_id": f"{p}_a", "patient_id": p, "slice_index": k, "split": sp, "labeled": lab, "source": "real",
+             "provenance": {}} for k, (p, sp, lab) in enumerate(plan)]
+    folder.mkdir()
+    save_dataset(SliceDataset(images, labels, recs, ["a", "b"]), folder)
+    write_artifact_meta(folder, kind="dataset", stage="preprocess", config=None, seed=0)
+    return folder
+
+
+def test_rgb_data_and_validation_slices(tmp_path):
+    ds_path = _rgb_dataset(tmp_path / "ds")
+    ds = load_dataset(ds_path)
+    out = export_nnunet(ds_path, tmp_path / "raw" / "Dataset506_Rgb")
+    assert json.loads((out / "dataset.json").read_text())["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    assert _ids(out / "imagesTr", "_0000.png") == ["p0_a_z000", "p0_a_z001"]  # no val, no unlabeled slice
+    assert _ids(out / "imagesTs", "_0000.png") == ["p3_a_z004"]
+    for name, i in (("p0_a_z001", 1),):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "imagesTr" / f"{name}_0000.png")), ds.images[i])
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "labelsTr" / f"{name}.png")), ds.labels[i])
+    assert not (out / "splits_final.json").exists()  # one training patient: no patient-grouped folds
+    out = export_nnunet(ds_path, tmp_path / "raw" / "Dataset507_Val", include_val=True)
+    assert _ids(out / "imagesTr", "_0000.png") == ["p0_a_z000", "p0_a_z001", "p2_a_z003"]
+    folds = json.loads((out / "splits_final.json").read_text())
+    assert [f["val"] for f in folds] == [["p0_a_z000", "p0_a_z001"], ["p2_a_z003"]]
