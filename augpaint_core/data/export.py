@@ -5,7 +5,7 @@ Layout written into ``DatasetNNN_Name/``::
     dataset.json          channel_names, labels, numTraining, file_ending ".png" (nnU-Net's 2D natural-image reader)
     imagesTr/{id}_0000.png, labelsTr/{id}.png    labeled training slices + kept synthetic pairs
     imagesTs/{id}_0000.png, labelsTs/{id}.png    the test split; labelsTs is for scoring only, nnU-Net never reads it
-    augpaint_cases.json   one record per exported case: where it came from (synthetic: source case, slice, seed, sampler)
+    augpaint_cases.json   one record per exported case: its origin (synthetic: source case, slice, seed, sampler)
     splits_final.json     nnU-Net folds grouped by patient (copy into nnUNet_preprocessed/DatasetNNN_Name/)
     artifact.json         provenance: input hashes, counts, versions (written last)
 
@@ -34,7 +34,6 @@ from ..errors import AugPaintError
 from ..infra.artifacts import atomic_dir, read_artifact_meta, write_artifact_meta
 from .dataset import SliceDataset, open_dataset
 
-FORMATS = ("nnunet",)
 NAME_RE = re.compile(r"^Dataset(\d{3,})_([A-Za-z0-9][A-Za-z0-9_\-]*)$")
 CASES_FILE = "augpaint_cases.json"
 CHUNK = 256  # slices read per step: a shard is memory-mapped, so this bounds memory, not I/O
