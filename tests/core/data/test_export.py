@@ -183,36 +183,50 @@ def test_cli_refuses_existing_out_and_bad_name(pipeline_artifacts, tmp_path, cap
 NNUNET_CHECK = """
 import sys
 from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-verify_dataset_integrity(sys.argv[1], num_processes=1)
+for folder in sys.argv[1:]:
+    print("=== CHECK", folder)
+    try:
+        verify_dataset_integrity(folder, num_processes=1)
+        print("=== PASSED")
+    except Exception as err:  # nnU-Net reports with assert / RuntimeError
+        print("=== FAILED", type(err).__name__, err)
 """
 
 
-def _nnunet_verify(folder: Path, tmp: Path) -> subprocess.CompletedProcess:
-    # nnunetv2 reads these at import time; a subprocess keeps them out of this test process
-    env = {**os.environ, "nnUNet_raw": str(folder.parent), "nnUNet_preprocessed": str(tmp / "pre"),
-           "nnUNet_results": str(tmp / "res"), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", NNUNET_CHECK, str(folder)], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_nnunet_accepts_the_export(exported, tmp_path):
-    res = _nnunet_verify(exported, tmp_path)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "verify_dataset_integrity Done" in res.stdout and "Error" not in res.stdout
-
-
-def test_nnunet_check_can_fail(exported, tmp_path):
-    """The same check on a copy with a label value outside dataset.json fails: the test above can fail too."""
+@pytest.fixture(scope="module")
+def nnunet_verdicts(exported, tmp_path_factory) -> dict[str, str]:
+    """nnU-Net's integrity check on the export and on a copy with a label value outside dataset.json, in one
+    process (importing nnunetv2 is most of the cost): folder name -> that check's output."""
     import shutil
 
-    bad = tmp_path / "raw" / exported.name
+    tmp = tmp_path_factory.mktemp("nnunet_check")
+    bad = tmp / "raw" / "Dataset599_BadLabel"
     shutil.copytree(exported, bad)
     first = sorted((bad / "labelsTr").glob("*.png"))[0]
     lab = np.asarray(Image.open(first)).copy()
     lab[0, 0] = 9
     Image.fromarray(lab).save(first)
-    res = _nnunet_verify(bad, tmp_path)
-    assert res.returncode != 0 and "Unexpected labels" in res.stdout
+    # nnunetv2 reads these at import time; a subprocess keeps them out of this test process
+    env = {**os.environ, "nnUNet_raw": str(tmp / "raw"), "nnUNet_preprocessed": str(tmp / "pre"),
+           "nnUNet_results": str(tmp / "res"), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}  # the pool workers' messages must land in their check's section
+    res = subprocess.run([sys.executable, "-c", NNUNET_CHECK, str(exported), str(bad)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    parts = res.stdout.split("=== CHECK ")[1:]
+    assert len(parts) == 2, res.stdout + res.stderr
+    return {Path(p.splitlines()[0].strip()).name: p for p in parts}
+
+
+def test_nnunet_accepts_the_export(exported, nnunet_verdicts):
+    out = nnunet_verdicts[exported.name]
+    assert "=== PASSED" in out and "verify_dataset_integrity Done" in out and "Error" not in out, out
+
+
+def test_nnunet_check_can_fail(nnunet_verdicts):
+    """The same check on a copy with a bad label value fails: the test above can fail too."""
+    out = nnunet_verdicts["Dataset599_BadLabel"]
+    assert "=== FAILED" in out and "Unexpected labels" in out, out
 
 
 def _rgb_dataset(folder: Path) -> Path:
