@@ -1,4 +1,4 @@
-"""``augpaint`` command line: every stage, the whole pipeline, compile and the phantom.
+"""``augpaint`` command line: every stage, the whole pipeline, compile, export and the phantom.
 
 ``run`` and ``compile`` live in the KFP layer (``pipelines/``); they are loaded
 by module name only when asked for, so the core never imports kfp.
@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "randaug, augpaint, cond_augpaint)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
     p.add_argument("--force", action="store_true", help="replace a finished experiment")
+    p = sub.add_parser("export", help="write a dataset (+ kept synthetic pairs) as an nnU-Net v2 raw dataset")
+    p.add_argument("--format", dest="fmt", default="nnunet", choices=["nnunet"], help="target layout")
+    p.add_argument("--in", dest="dataset", required=True, help="slice dataset artifact")
+    p.add_argument("--synthetic", default=None, help="kept synthetic pairs (a filter output) made from --in")
+    p.add_argument("--out", required=True, help="new folder named DatasetNNN_Name")
+    p.add_argument("--include-val", action="store_true", help="also put the labeled validation slices in imagesTr")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p = sub.add_parser("make-phantom", help="write the built-in phantom in nnU-Net v2 raw format")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -237,6 +244,17 @@ def main(argv: list[str] | None = None) -> int:
                                  tracking_uri=args.tracking_uri, force=args.force)
             print((Path(out) / "table.md").read_text())
             print(f"experiment: wrote {out}")
+        elif args.command == "export":
+            import json
+
+            from .data.export import export_nnunet
+
+            out = export_nnunet(args.dataset, args.out, synthetic=args.synthetic, include_val=args.include_val,
+                                force=args.force)
+            c = json.loads((Path(out) / "artifact.json").read_text())["counts"]
+            print(f"export: wrote {out} ({c['training']} training cases: {c['training_real']} real + "
+                  f"{c['training_synthetic']} synthetic from {c['training_patients']} patient(s); {c['test']} test "
+                  f"cases from {c['test_patients']} patient(s))")
         elif args.command == "make-phantom":
             from .data.phantom import write_phantom
 
