@@ -31,7 +31,9 @@ STAGE_INPUTS = {
                   ("--synthetic", "synthetic", False, "filtered synthetic dataset (omit for the baseline)")],
     "evaluate": [("--in", "dataset", True, "slice dataset artifact"),
                  ("--baseline", "baseline", True, "baseline segmenter"),
-                 ("--augpaint", "augpaint", True, "AugPaint segmenter")],
+                 ("--augpaint", "augpaint", True, "AugPaint segmenter"),
+                 ("--synthetic", "synthetic", False, "inpaint output, for report.html's inpainting grid"),
+                 ("--filtered", "filtered", False, "filter output, for the grid's kept/rejected marks and quality")],
 }
 
 
