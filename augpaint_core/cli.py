@@ -16,6 +16,7 @@ from .errors import AugPaintError
 STAGE_INPUTS = {
     "preprocess": [("--in", "input_dir", False, "raw dataset folder or s3:// prefix (default: data.path, else the "
                                                 "built-in phantom)")],
+    "relabel": [("--in", "dataset", True, "preprocessed dataset with at least data.num_labeled labeled cases")],
     "train-ae": [("--in", "dataset", True, "slice dataset artifact")],
     "train-ldm": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact")],
     "train-pixel": [("--in", "dataset", True, "slice dataset artifact")],
