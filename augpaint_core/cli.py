@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="augpaint_pipeline.yaml")
     p.add_argument("--image", default=None, help="component base image (default $AUGPAINT_IMAGE)")
     _cluster_args(p)
+    _experiment_args(p)
     for name, help_ in (("submit", "create a KFP run on a cluster"),
                         ("schedule", "create a recurring KFP run (6-field cron, one at a time, no catch-up)")):
         p = sub.add_parser(name, help=help_)
@@ -140,8 +141,27 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="preset: its cluster section shapes the tasks; it is also the "
                                                   "config_yaml parameter's default")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--pipeline", default=None, choices=["augpaint", "expansion"],
-                   help="which pipeline (default: augpaint; expansion for schedule)")
+    p.add_argument("--pipeline", default=None, choices=["augpaint", "expansion", "experiment"],
+                   help="which pipeline (default: augpaint; expansion for schedule; experiment: the paper's "
+                        "comparison, shaped by --splits/--labeled/--variants)")
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits", type=int, default=3, help="experiment pipeline: independent splits")
+    p.add_argument("--labeled", default=None, help="experiment pipeline: labeled counts, e.g. 1,2,5 "
+                                                  "(default data.num_labeled)")
+    p.add_argument("--variants", default=None, help="experiment pipeline: comma list of variants (default: "
+                                                   "baseline, randaug, augpaint, cond_augpaint)")
+
+
+def _experiment_options(args: argparse.Namespace) -> dict:
+    """--splits/--labeled/--variants as experiment pipeline options."""
+    try:
+        labeled = [int(x) for x in args.labeled.split(",")] if args.labeled else None
+    except ValueError:
+        raise AugPaintError(f"--labeled {args.labeled!r}: expected comma-separated integers") from None
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    return {"splits": args.splits, "labeled": labeled, "variants": variants}
 
 
 def _kfp_command(args: argparse.Namespace) -> None:
@@ -150,8 +170,9 @@ def _kfp_command(args: argparse.Namespace) -> None:
     if getattr(args, "set", None) and cfg is None:
         raise AugPaintError("--set needs --config")
     if args.command == "compile":
+        options = _experiment_options(args) if args.pipeline == "experiment" else {}
         out = importlib.import_module("pipelines.compile").compile_pipeline(
-            args.out, image=args.image, cfg=cfg, pipeline=args.pipeline or "augpaint")
+            args.out, image=args.image, cfg=cfg, pipeline=args.pipeline or "augpaint", **options)
         print(f"compile: wrote {out}")
         return
     if args.command == "sync-tracking":

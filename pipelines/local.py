@@ -253,3 +253,51 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
         else:
             print(f"expand: no new labeled cases in {incoming}; latest version stays {after}")
     return result
+
+
+def run_experiment_pipeline_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *,
+                                  splits: int = 3, labeled: list[int] | None = None,
+                                  variants: list[str] | None = None, quiet: bool = False) -> Path:
+    """Run the experiment pipeline through kfp.local; returns the summarize task's report folder.
+
+    Args:
+        cfg: validated base config.
+        out: run folder; artifacts go under ``out/pipeline_root``, the log to ``out/pipeline.log``.
+        tracking_uri: MLflow URI ('none' disables).
+        splits: independent splits.
+        labeled: labeled counts (default ``[cfg.data.num_labeled]``).
+        variants: experiment variants (default: baseline, randaug, augpaint, cond_augpaint).
+        quiet: do not print the table.
+    """
+    from kfp import local
+
+    from pipelines.experiment_pipeline import build_pipeline
+
+    out = out.resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
+    func = build_pipeline(cfg, splits=splits, labeled=labeled, variants=variants)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    log_path = out / "pipeline.log"
+    t0 = time.time()
+    if not quiet:
+        print(f"augpaint experiment pipeline: {count_tasks(func)} stages; full log: {log_path}")
+    with stage_lines(log_path, count_tasks(func)) as sink:
+        try:
+            func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+            err = None
+        except RuntimeError as e:
+            err = e
+    if err is not None:
+        raise AugPaintError(failure_message(sink, err, log_path, "experiment pipeline") + f"; artifacts in {root}"
+                            ) from None
+    found = [p.parent for p in root.rglob("table.md") if (p.parent / "results.json").is_file()
+             and p.stat().st_mtime >= t0]
+    if not found:
+        raise AugPaintError(f"{root}: the experiment pipeline finished but wrote no table")
+    report = max(found, key=lambda p: p.stat().st_mtime)
+    if not quiet:
+        print("\n" + (report / "table.md").read_text())
+        print(f"Experiment pipeline finished in {time.time() - t0:.0f} s. Table: {report / 'table.md'}")
+    return report
