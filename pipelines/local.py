@@ -43,7 +43,10 @@ class StageLog(io.TextIOBase):
     def __init__(self, log: TextIO, term: TextIO, total: int, tail: int = 25) -> None:
         super().__init__()
         self.log, self.term, self.total = log, term, max(1, total)
+        self.tail = tail
         self.lines: deque[str] = deque(maxlen=tail)
+        self.task_lines: dict[str, deque[str]] = {}  # per task, its last lines (the failure message shows them)
+        self.current: str | None = None
         self.started: dict[str, float] = {}
         self.done = 0
         self.failed: str | None = None
@@ -66,12 +69,16 @@ class StageLog(io.TextIOBase):
         self.log.flush()
 
     def _line(self, line: str) -> None:
-        if line.strip():
-            self.lines.append(line)
         if m := STARTED.search(line):
             self.started[m.group(1)] = time.time()
+            self.current = m.group(1)
+            self.task_lines[self.current] = deque(maxlen=self.tail)
         elif m := FINISHED.search(line):
             self.finish(m.group(1), m.group(2))
+        if line.strip():
+            self.lines.append(line)
+            if self.current in self.task_lines:
+                self.task_lines[self.current].append(line)
 
     def finish(self, task: str, status: str) -> None:
         """Print the stage's summary line: progress, name, status, duration."""
@@ -129,8 +136,9 @@ def failure_message(sink: StageLog, err: BaseException, log_path: Path, what: st
     if task and not sink.failed:
         sink.finish(task, "FAILURE")
     head = str(err).splitlines()[0] if str(err) else type(err).__name__
-    print(f"--- last lines of the log ({log_path}) ---")
-    print("\n".join("  " + line for line in sink.lines))
+    lines = sink.task_lines.get(task) if task else None
+    print(f"--- last lines of {'stage ' + task if lines else 'the log'} ({log_path}) ---")
+    print("\n".join("  " + line.strip() for line in (lines or sink.lines)))
     print("---")
     return f"{what} failed in stage {task or '?'}: {ANSI.sub('', head)} (full log: {log_path})"
 
