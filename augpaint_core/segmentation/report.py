@@ -95,7 +95,7 @@ def inpainting_grid(ds, synthetic: str | Path, filtered: str | Path | None, max_
     for src in list(by_source)[:max_sources]:
         figs = []
         if 0 <= src < len(ds.records):
-            figs.append(_figure(overlay(ds.images[src], ds.labels[src]), f"source {ds.records[src]['case_id']}"))
+            figs.append(_figure(overlay(ds.images[src], ds.labels[src]), f"source {ds.records[src]['case_id']} slice {ds.records[src]['slice_index']}"))
         for i in by_source[src]:
             s = scores.get(i)
             if s is None:
