@@ -16,6 +16,9 @@ def test_full_pipeline_locally(tmp_path, monkeypatch):
         assert 0.0 <= result[name]["mean"]["dice"] <= 1.0
     assert result["baseline"]["per_case"].keys() == result["augpaint"]["per_case"].keys()
     root = tmp_path / "run" / "pipeline_root"
+    page = (tmp_path / "run" / result["report_dir"] / "report.html").read_text()
+    assert "<h2>Inpainting</h2>" in page and "<h2>Generator quality</h2>" in page  # synthetic/filtered wired in
+    assert list(root.glob("*/evaluate/page")) and "Executing task" in open(result["log"]).read()
     for stage in ("preprocess", "train-ae", "train-ldm", "inpaint", "filter-synthetic", "train-seg-baseline",
                   "train-seg-augpaint", "evaluate"):
         assert list(root.glob(f"*/{stage}/*/artifact.json")), stage
