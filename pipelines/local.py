@@ -38,11 +38,14 @@ class StageLog(io.TextIOBase):
         term: where the summary lines go (the real stdout).
         total: tasks expected (for the progress indicator; ParallelFor iterations may add more).
         tail: log lines kept for the failure message.
+        names: task name -> display name (the experiment pipeline's ``s0 k1 train-seg-augpaint``).
     """
 
-    def __init__(self, log: TextIO, term: TextIO, total: int, tail: int = 25) -> None:
+    def __init__(self, log: TextIO, term: TextIO, total: int, tail: int = 25,
+                 names: dict[str, str] | None = None) -> None:
         super().__init__()
         self.log, self.term, self.total = log, term, max(1, total)
+        self.names = names or {}
         self.tail = tail
         self.lines: deque[str] = deque(maxlen=tail)
         self.task_lines: dict[str, deque[str]] = {}  # per task, its last lines (the failure message shows them)
@@ -89,7 +92,8 @@ class StageLog(io.TextIOBase):
         if not ok:
             self.failed = task
         bar = "#" * round(10 * self.done / self.total)
-        self.term.write(f"[{bar:<10}] {self.done:>2}/{self.total:<2} {task:<28} {'ok' if ok else 'FAILED':<7} "
+        name = self.names.get(task, task)
+        self.term.write(f"[{bar:<10}] {self.done:>2}/{self.total:<2} {name:<28} {'ok' if ok else 'FAILED':<7} "
                         f"{secs:7.1f} s\n")
         self.term.flush()
 
@@ -98,28 +102,36 @@ class StageLog(io.TextIOBase):
         return list(self.started)
 
 
-def count_tasks(func) -> int:
-    """Executor tasks in a compiled pipeline (a ParallelFor body counts once)."""
+def task_names(func) -> dict[str, str]:
+    """Task name -> display name of every executor task in a pipeline (a ParallelFor body counts once)."""
     spec = func.pipeline_spec
     comps = spec.components
+    out: dict[str, str] = {}
 
-    def walk(dag) -> int:
-        n = 0
-        for task in dag.tasks.values():
+    def walk(dag) -> None:
+        for key, task in dag.tasks.items():
             comp = comps.get(task.component_ref.name)
-            n += walk(comp.dag) if comp is not None and comp.HasField("dag") else 1
-        return n
+            if comp is not None and comp.HasField("dag"):
+                walk(comp.dag)
+            else:
+                out[key] = task.task_info.name or key
 
-    return walk(spec.root.dag)
+    walk(spec.root.dag)
+    return out
+
+
+def count_tasks(func) -> int:
+    """Executor tasks in a compiled pipeline (a ParallelFor body counts once)."""
+    return len(task_names(func))
 
 
 @contextlib.contextmanager
-def stage_lines(log_path: Path, total: int) -> Iterator[StageLog]:
+def stage_lines(log_path: Path, total: int, names: dict[str, str] | None = None) -> Iterator[StageLog]:
     """Send kfp.local's output to ``log_path``; print one line per finished stage instead."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     term = sys.stdout
     with open(log_path, "w") as log:
-        sink = StageLog(log, term, total)
+        sink = StageLog(log, term, total, names=names)
         old = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = sink
         try:
@@ -135,12 +147,13 @@ def failure_message(sink: StageLog, err: BaseException, log_path: Path, what: st
     task = sink.failed or (sink.running()[-1] if sink.running() else None)
     if task and not sink.failed:
         sink.finish(task, "FAILURE")
+    shown = sink.names.get(task, task) if task else None
     head = str(err).splitlines()[0] if str(err) else type(err).__name__
     lines = sink.task_lines.get(task) if task else None
     print(f"--- last lines of {'stage ' + task if lines else 'the log'} ({log_path}) ---")
     print("\n".join("  " + line.strip() for line in (lines or sink.lines)))
     print("---")
-    return f"{what} failed in stage {task or '?'}: {ANSI.sub('', head)} (full log: {log_path})"
+    return f"{what} failed in stage {shown or '?'}: {ANSI.sub('', head)} (full log: {log_path})"
 
 
 def find_report(pipeline_root: Path, since: float) -> Path:
@@ -178,7 +191,7 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     log_path = out / "pipeline.log"
     if not quiet:
         print(f"augpaint run: {count_tasks(func)} stages; full log: {log_path}")
-    with stage_lines(log_path, count_tasks(func)) as sink:
+    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
         try:
             func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
             err = None
@@ -241,7 +254,7 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
     log_path = out / "pipeline.log"
     if not quiet:
         print(f"augpaint expand: {count_tasks(func)} stages; full log: {log_path}")
-    with stage_lines(log_path, count_tasks(func)) as sink:
+    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
         try:
             func(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(), retrain=retrain,
                  model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
@@ -291,7 +304,7 @@ def run_experiment_pipeline_local(cfg: AugPaintConfig, out: Path, tracking_uri: 
     t0 = time.time()
     if not quiet:
         print(f"augpaint experiment pipeline: {count_tasks(func)} stages; full log: {log_path}")
-    with stage_lines(log_path, count_tasks(func)) as sink:
+    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
         try:
             func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
             err = None
