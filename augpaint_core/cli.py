@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "randaug, augpaint, cond_augpaint)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
     p.add_argument("--force", action="store_true", help="replace a finished experiment")
+    p.add_argument("--kfp", action="store_true", help="run the experiment pipeline through kfp.local (one task per "
+                                                     "stage; the table lands in the summarize task's output)")
     p = sub.add_parser("make-phantom", help="write the built-in phantom in nnU-Net v2 raw format")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -247,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise AugPaintError(f"--labeled {args.labeled!r}: expected comma-separated integers") from None
             variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+            if args.kfp:
+                importlib.import_module("pipelines.local").run_experiment_pipeline_local(
+                    cfg, Path(args.out), args.tracking_uri, splits=args.splits, labeled=labeled, variants=variants)
+                return 0
             out = run_experiment(cfg, args.out, splits=args.splits, labeled=labeled, variants=variants,
                                  tracking_uri=args.tracking_uri, force=args.force)
             print((Path(out) / "table.md").read_text())

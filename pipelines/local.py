@@ -294,11 +294,11 @@ def run_experiment_pipeline_local(cfg: AugPaintConfig, out: Path, tracking_uri: 
 
     from pipelines.experiment_pipeline import build_pipeline
 
+    func = build_pipeline(cfg, splits=splits, labeled=labeled, variants=variants)  # bad options: nothing written
     out = out.resolve()
     root = out / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
-    func = build_pipeline(cfg, splits=splits, labeled=labeled, variants=variants)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     log_path = out / "pipeline.log"
     t0 = time.time()

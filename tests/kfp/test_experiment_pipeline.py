@@ -100,6 +100,17 @@ def test_bad_variant_fails_at_compile_time():
         build_pipeline(None, splits=1, labeled=[1], variants=["baseline", "segformer"])
 
 
+def test_cli_kfp_experiment_rejects_a_bad_variant_before_writing(tmp_path, capsys):
+    from augpaint_core.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_dict()))
+    rc = main(["experiment", "--kfp", "--config", str(cfg), "--out", str(tmp_path / "o"), "--tracking-uri", "none",
+               "--variants", "baseline,segformer"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "segformer" in err and "\n" not in err and not (tmp_path / "o").exists()
+
+
 @pytest.fixture(scope="module")
 def pipeline_and_harness(tmp_path_factory):
     """The tiny config through the kfp.local pipeline and through the in-process harness: 2 splits, 2 variants."""
