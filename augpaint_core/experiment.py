@@ -554,6 +554,18 @@ def evaluate_variant(cfg: AugPaintConfig, dataset: str | Path, segmenter: str | 
     return Path(out)
 
 
+def _record(r: str | dict) -> dict:
+    """An evaluate-one record: a dict, JSON text, or ``b64:`` + base64 of the JSON (the pipeline's form)."""
+    import base64
+
+    if isinstance(r, dict):
+        return r
+    try:
+        return json.loads(base64.b64decode(r[4:]) if r.startswith("b64:") else r)
+    except ValueError as err:
+        raise AugPaintError(f"summarize: an evaluate-one record is not valid ({err})") from None
+
+
 def summarize_records(cfg: AugPaintConfig, out: str | Path, *, records: list[str | dict], variants: list[str],
                       labeled: list[int], splits: int, force: bool = False, tracker=None) -> Path:
     """The pipeline's summarize task: the harness's tables from the evaluate-one records, plus ``chart.html``.
@@ -562,7 +574,7 @@ def summarize_records(cfg: AugPaintConfig, out: str | Path, *, records: list[str
         cfg: config (its name titles the table).
         out: output folder (``table.md``, ``table.csv``, ``gains.csv``, ``bar.png``, ``chart.html``,
             ``results.json``).
-        records: evaluate-one records (dicts or JSON text), one per variant, split and labeled count.
+        records: evaluate-one records (dicts, JSON text or ``b64:`` JSON), one per variant, split and labeled count.
         variants: variant order of the table.
         labeled: labeled counts.
         splits: number of splits.
@@ -573,7 +585,7 @@ def summarize_records(cfg: AugPaintConfig, out: str | Path, *, records: list[str
 
     from .infra.artifacts import atomic_dir
 
-    results = [json.loads(r) if isinstance(r, str) else r for r in records]
+    results = [_record(r) for r in records]
     want = {(v, s, k) for v in variants for s in range(splits) for k in labeled}
     got = {(r["variant"], r["split"], r["labeled"]) for r in results}
     if got != want:

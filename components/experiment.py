@@ -109,7 +109,9 @@ def evaluate_one(config_yaml: str, overrides: List[str], tags: Dict[str, str], d
                  segmenter: Input[Model], variant: str, split: int, labeled: int, record: Output[Artifact],
                  metrics: Output[Metrics], filtered: Input[Dataset] = None, tracking_uri: str = "",
                  parent_run_id: str = "") -> str:
-    """Evaluate one variant on the test split; returns its result record (JSON) for summarize."""
+    """Evaluate one variant on the test split; returns its result record for summarize (``b64:`` + base64 of
+    the JSON: kfp.local splices list items into JSON text unescaped, so quotes would break the list)."""
+    import base64
     import json
     import os
 
@@ -124,7 +126,7 @@ def evaluate_one(config_yaml: str, overrides: List[str], tags: Dict[str, str], d
         rec = json.load(f)
     metrics.log_metric("mean_dice", rec["mean_dice"])
     metrics.log_metric("mean_hd95", rec["mean_hd95"])
-    return json.dumps(rec)
+    return "b64:" + base64.b64encode(json.dumps(rec).encode()).decode("ascii")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
