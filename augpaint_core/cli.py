@@ -16,6 +16,7 @@ from .errors import AugPaintError
 STAGE_INPUTS = {
     "preprocess": [("--in", "input_dir", False, "raw dataset folder or s3:// prefix (default: data.path, else the "
                                                 "built-in phantom)")],
+    "relabel": [("--in", "dataset", True, "preprocessed dataset with at least data.num_labeled labeled cases")],
     "train-ae": [("--in", "dataset", True, "slice dataset artifact")],
     "train-ldm": [("--in", "dataset", True, "slice dataset artifact"), ("--ae", "ae_path", True, "AE artifact")],
     "train-pixel": [("--in", "dataset", True, "slice dataset artifact")],
@@ -31,7 +32,9 @@ STAGE_INPUTS = {
                   ("--synthetic", "synthetic", False, "filtered synthetic dataset (omit for the baseline)")],
     "evaluate": [("--in", "dataset", True, "slice dataset artifact"),
                  ("--baseline", "baseline", True, "baseline segmenter"),
-                 ("--augpaint", "augpaint", True, "AugPaint segmenter")],
+                 ("--augpaint", "augpaint", True, "AugPaint segmenter"),
+                 ("--synthetic", "synthetic", False, "inpaint output, for report.html's inpainting grid"),
+                 ("--filtered", "filtered", False, "filter output, for the grid's kept/rejected marks and quality")],
 }
 
 
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="augpaint_pipeline.yaml")
     p.add_argument("--image", default=None, help="component base image (default $AUGPAINT_IMAGE)")
     _cluster_args(p)
+    _experiment_args(p)
     for name, help_ in (("submit", "create a KFP run on a cluster"),
                         ("schedule", "create a recurring KFP run (6-field cron, one at a time, no catch-up)")):
         p = sub.add_parser(name, help=help_)
@@ -128,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "randaug, augpaint, cond_augpaint)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
     p.add_argument("--force", action="store_true", help="replace a finished experiment")
+    p.add_argument("--kfp", action="store_true", help="run the experiment pipeline through kfp.local (one task per "
+                                                     "stage; the table lands in the summarize task's output)")
     p = sub.add_parser("export", help="write a dataset (+ kept synthetic pairs) as an nnU-Net v2 raw dataset")
     p.add_argument("--format", dest="fmt", default="nnunet", choices=["nnunet"], help="target layout")
     p.add_argument("--in", dest="dataset", required=True, help="slice dataset artifact")
@@ -154,8 +160,27 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="preset: its cluster section shapes the tasks; it is also the "
                                                   "config_yaml parameter's default")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--pipeline", default=None, choices=["augpaint", "expansion"],
-                   help="which pipeline (default: augpaint; expansion for schedule)")
+    p.add_argument("--pipeline", default=None, choices=["augpaint", "expansion", "experiment"],
+                   help="which pipeline (default: augpaint; expansion for schedule; experiment: the paper's "
+                        "comparison, shaped by --splits/--labeled/--variants)")
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits", type=int, default=3, help="experiment pipeline: independent splits")
+    p.add_argument("--labeled", default=None, help="experiment pipeline: labeled counts, e.g. 1,2,5 "
+                                                  "(default data.num_labeled)")
+    p.add_argument("--variants", default=None, help="experiment pipeline: comma list of variants (default: "
+                                                   "baseline, randaug, augpaint, cond_augpaint)")
+
+
+def _experiment_options(args: argparse.Namespace) -> dict:
+    """--splits/--labeled/--variants as experiment pipeline options."""
+    try:
+        labeled = [int(x) for x in args.labeled.split(",")] if args.labeled else None
+    except ValueError:
+        raise AugPaintError(f"--labeled {args.labeled!r}: expected comma-separated integers") from None
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    return {"splits": args.splits, "labeled": labeled, "variants": variants}
 
 
 def _kfp_command(args: argparse.Namespace) -> None:
@@ -164,8 +189,9 @@ def _kfp_command(args: argparse.Namespace) -> None:
     if getattr(args, "set", None) and cfg is None:
         raise AugPaintError("--set needs --config")
     if args.command == "compile":
+        options = _experiment_options(args) if args.pipeline == "experiment" else {}
         out = importlib.import_module("pipelines.compile").compile_pipeline(
-            args.out, image=args.image, cfg=cfg, pipeline=args.pipeline or "augpaint")
+            args.out, image=args.image, cfg=cfg, pipeline=args.pipeline or "augpaint", **options)
         print(f"compile: wrote {out}")
         return
     if args.command == "sync-tracking":
@@ -240,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise AugPaintError(f"--labeled {args.labeled!r}: expected comma-separated integers") from None
             variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+            if args.kfp:
+                importlib.import_module("pipelines.local").run_experiment_pipeline_local(
+                    cfg, Path(args.out), args.tracking_uri, splits=args.splits, labeled=labeled, variants=variants)
+                return 0
             out = run_experiment(cfg, args.out, splits=args.splits, labeled=labeled, variants=variants,
                                  tracking_uri=args.tracking_uri, force=args.force)
             print((Path(out) / "table.md").read_text())

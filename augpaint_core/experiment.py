@@ -152,6 +152,17 @@ def _mean_std(x: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
+def paired_ci95(diffs: list[float]) -> tuple[float | None, float | None]:
+    """95% confidence interval of the mean paired difference (Student t, ddof 1); None with one split."""
+    from scipy import stats
+
+    a = np.asarray(diffs, float)
+    if len(a) < 2:
+        return None, None
+    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+    return float(a.mean() - half), float(a.mean() + half)
+
+
 def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> dict:
     """Mean ± std over splits per variant and k, and the AugPaint - baseline gap per split."""
     out: dict = {"rows": [], "gaps": []}
@@ -174,7 +185,9 @@ def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> d
             if pairs:
                 g = [100 * (r["mean_dice"] - b["mean_dice"]) for r, b in sorted(pairs, key=lambda p: p[0]["split"])]
                 m, s = _mean_std(g)
-                out["gaps"].append({"variant": v, "labeled": k, "gap_mean": m, "gap_std": s, "per_split": g})
+                lo, hi = paired_ci95(g)
+                out["gaps"].append({"variant": v, "labeled": k, "gap_mean": m, "gap_std": s, "ci95_low": lo,
+                                    "ci95_high": hi, "per_split": g})
     return out
 
 
@@ -194,14 +207,14 @@ def markdown(summary: dict, variants: list[str], labeled: list[int], title: str)
             f"{cell[v, k]['hd95_mean']:.2f} ± {cell[v, k]['hd95_std']:.2f}" if (v, k) in cell else "-"
             for k in labeled) + " |")
     if summary["gaps"]:
-        lines += ["", "Gain over the U-Net baseline in Dice points, mean ± std of the per-split differences:", "",
-                  head, sep]
+        lines += ["", "Gain over the U-Net baseline in Dice points, mean ± std of the per-split differences, "
+                  "[95% CI of the paired gain (t, n-1 dof; needs 2+ splits)], (per split):", "", head, sep]
         gap = {(g["variant"], g["labeled"]): g for g in summary["gaps"]}
         for v in variants:
             if v == "baseline":
                 continue
             lines.append(f"| {VARIANTS[v][0]} - U-Net | " + " | ".join(
-                f"{gap[v, k]['gap_mean']:+.2f} ± {gap[v, k]['gap_std']:.2f} ("
+                f"{gap[v, k]['gap_mean']:+.2f} ± {gap[v, k]['gap_std']:.2f} " + _ci_text(gap[v, k]) + " ("
                 + ", ".join(f"{x:+.1f}" for x in gap[v, k]["per_split"]) + ")" if (v, k) in gap else "-"
                 for k in labeled) + " |")
     lines += ["", "std: population standard deviation over splits (ddof 0). Each split is one seed: its own patient "
@@ -209,6 +222,12 @@ def markdown(summary: dict, variants: list[str], labeled: list[int], title: str)
               "variants of a split share the test cases.", "",
               f"Convention: {CONVENTION}"]
     return "\n".join(lines) + "\n"
+
+
+def _ci_text(g: dict) -> str:
+    if g.get("ci95_low") is None:
+        return "[CI n/a]"
+    return f"[{g['ci95_low']:+.2f}, {g['ci95_high']:+.2f}]"
 
 
 def csv_text(summary: dict) -> str:
@@ -297,6 +316,30 @@ def overlay_figure(ds, preds: dict[str, np.ndarray], test_idx: np.ndarray, path:
     canvas.save(path)
 
 
+def write_tables(out: Path, cfg: AugPaintConfig, results: list[dict], variants: list[str], labeled: list[int],
+                 splits: int) -> dict:
+    """``table.md``, ``table.csv``, ``gains.csv`` and ``bar.png`` from the per-variant results; returns the summary.
+
+    Shared by the in-process harness and the experiment pipeline's summarize task, so both write the same table.
+    """
+    summary = summarize(results, variants, labeled)
+    title = (f"AugPaint experiment: {cfg.name} ({splits} split{'s' if splits > 1 else ''}, test mean over "
+             f"classes and cases)")
+    (out / "table.md").write_text(markdown(summary, variants, labeled, title))
+    (out / "table.csv").write_text(csv_text(summary))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "labeled", "gain_mean", "gain_std", "ci95_low", "ci95_high", "gain_per_split"])
+    for g in summary["gaps"]:
+        w.writerow([g["variant"], g["labeled"], f"{g['gap_mean']:.4f}", f"{g['gap_std']:.4f}",
+                    "" if g["ci95_low"] is None else f"{g['ci95_low']:.4f}",
+                    "" if g["ci95_high"] is None else f"{g['ci95_high']:.4f}",
+                    ";".join(f"{x:.4f}" for x in g["per_split"])])
+    (out / "gains.csv").write_text(buf.getvalue())
+    bar_plot(summary, variants, labeled, out / "bar.png")
+    return summary
+
+
 def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, labeled: list[int] | None = None,
                    variants: list[str] | None = None, tracking_uri: str | None = None, force: bool = False) -> Path:
     """Run every variant over ``splits`` splits and each labeled count; write the tables and figures.
@@ -369,12 +412,7 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
 
             _client(resolve_uri(tracking_uri)).set_terminated(parent, status="FAILED")
         raise
-    summary = summarize(results, variants, labeled)
-    title = (f"AugPaint experiment: {cfg.name} ({splits} split{'s' if splits > 1 else ''}, test mean over "
-             f"classes and cases)")
-    (out / "table.md").write_text(markdown(summary, variants, labeled, title))
-    (out / "table.csv").write_text(csv_text(summary))
-    bar_plot(summary, variants, labeled, out / "bar.png")
+    summary = write_tables(out, cfg, results, variants, labeled, splits)
     (out / "overlays").mkdir(exist_ok=True)
     for k in labeled:  # split 0: the same test slices through every variant
         first = [r for r in results if r["split"] == 0 and r["labeled"] == k]
@@ -406,3 +444,172 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
         tr.log_artifact(out / "overlays", "overlays")
         client.set_terminated(parent, status="FINISHED")
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment as a KFP pipeline (pipelines/experiment_pipeline.py): the same stages, one task each.
+
+SPLIT_OVERRIDE = "split="  # pipeline override "split=N": seed + N, like run_split
+
+
+def pipeline_config(config_yaml: str, overrides: list[str]) -> AugPaintConfig:
+    """One experiment-pipeline task's config: the run's config with this task's ``key=value`` overrides.
+
+    Args:
+        config_yaml: the pipeline's config parameter.
+        overrides: ``key.path=value`` strings; ``split=N`` adds N to ``seed`` (the split's seed, as in-process).
+    """
+    from .config import config_from_yaml_text
+
+    split = [int(o[len(SPLIT_OVERRIDE):]) for o in overrides if o.startswith(SPLIT_OVERRIDE)]
+    cfg = config_from_yaml_text(config_yaml, [o for o in overrides if not o.startswith(SPLIT_OVERRIDE)])
+    if split:
+        cfg = cfg.model_copy(deep=True)
+        cfg.seed = cfg.seed + split[-1]
+    return cfg
+
+
+def run_pipeline_stage(stage: str, config_yaml: str, overrides: list[str], out: str, *, tags: dict[str, str],
+                       tracking_uri: str = "", parent_run_id: str = "", run_name: str | None = None,
+                       **inputs) -> Path:
+    """Component entry point of the experiment pipeline: config with overrides, an MLflow run tagged with the
+    variant, split and labeled count (the compare view lines them up), errors as one line and exit 2.
+
+    Args:
+        stage: a ``stages.STAGES`` key, ``evaluate-one`` or ``summarize``.
+        config_yaml: the pipeline's config parameter.
+        overrides: this task's overrides (see :func:`pipeline_config`).
+        out: output artifact folder.
+        tags: MLflow tags (``augpaint.variant``, ``augpaint.split``, ``augpaint.labeled``).
+        tracking_uri: MLflow URI; ``none`` disables.
+        parent_run_id: the pipeline's parent MLflow run.
+        run_name: MLflow run name (default: the stage).
+        inputs: the stage function's inputs.
+    """
+    import sys
+
+    from .infra.tracking import stage_run
+    from .stages import stage_function
+
+    local = {"evaluate-one": evaluate_variant, "summarize": summarize_records}
+    try:
+        cfg = pipeline_config(config_yaml, overrides)
+        fn = local[stage] if stage in local else stage_function(stage)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        with stage_run(tracking_uri, parent_run_id, run_name or stage, cfg.flat()) as tracker:
+            if tracker is not None and tags:
+                tracker.set_tags(tags)
+            return fn(cfg, out=out, force=True, tracker=tracker, **inputs)
+    except AugPaintError as err:
+        print(f"augpaint {stage}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def evaluate_variant(cfg: AugPaintConfig, dataset: str | Path, segmenter: str | Path, out: str | Path, *,
+                     variant: str, split: int, labeled: int, filtered: str | Path | None = None,
+                     force: bool = False, tracker=None) -> Path:
+    """Evaluate one variant's segmenter on the test split; ``record.json`` holds the harness's result record.
+
+    Args:
+        cfg: config.
+        dataset: the (relabeled) dataset the segmenter trained on.
+        segmenter: the variant's segmenter.
+        out: output folder.
+        variant: a ``VARIANTS`` key.
+        split: split index.
+        labeled: labeled case count.
+        filtered: the variant's filtered pool (for its quality numbers), if it has one.
+        force: replace an existing output.
+        tracker: optional MLflow stage tracker (gets the metrics the harness logs per variant).
+    """
+    from .data.dataset import load_dataset
+    from .infra.artifacts import atomic_dir, read_artifact_meta
+    from .segmentation.evaluate import evaluate_model
+
+    if variant not in VARIANTS:
+        raise AugPaintError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    ev = evaluate_model(segmenter, load_dataset(dataset))
+    rec = {"variant": variant, "split": int(split), "labeled": int(labeled), "mean_dice": ev["mean"]["dice"],
+           "mean_hd95": ev["mean"]["hd95"], "per_class": ev["per_class"], "per_region": ev.get("per_region"),
+           "num_test_cases": ev["num_cases"]}
+    if filtered is not None:
+        meta = read_artifact_meta(filtered)
+        rec["quality"] = meta.get("quality") or {}
+        rec["num_synthetic_kept"] = meta.get("num_kept")
+    with atomic_dir(out, force=force) as tmp:
+        (tmp / "record.json").write_text(json.dumps(rec))
+        write_artifact_meta(tmp, kind="report", stage="evaluate-one", config=cfg.model_dump(mode="json"),
+                            seed=cfg.seed, inputs={"dataset": dataset, "segmenter": segmenter,
+                                                   **({"filtered": filtered} if filtered else {})},
+                            extra={"variant": variant, "split": int(split), "labeled": int(labeled)})
+    if tracker:
+        m = {"mean_dice": rec["mean_dice"], "mean_hd95": rec["mean_hd95"]}
+        for c, val in ev["per_class"].items():
+            m[f"{c}_dice"], m[f"{c}_hd95"] = val["dice"], val["hd95"]
+        m.update({f"quality_{q}": x for q, x in (rec.get("quality") or {}).items()
+                  if isinstance(x, (int, float)) and not isinstance(x, bool)})
+        if rec.get("num_synthetic_kept") is not None:
+            m["num_synthetic_kept"] = rec["num_synthetic_kept"]
+        tracker.log_metrics(m)
+    return Path(out)
+
+
+def _record(r: str | dict) -> dict:
+    """An evaluate-one record: a dict, JSON text, or ``b64:`` + base64 of the JSON (the pipeline's form)."""
+    import base64
+
+    if isinstance(r, dict):
+        return r
+    try:
+        return json.loads(base64.b64decode(r[4:]) if r.startswith("b64:") else r)
+    except ValueError as err:
+        raise AugPaintError(f"summarize: an evaluate-one record is not valid ({err})") from None
+
+
+def summarize_records(cfg: AugPaintConfig, out: str | Path, *, records: list[str | dict], variants: list[str],
+                      labeled: list[int], splits: int, force: bool = False, tracker=None) -> Path:
+    """The pipeline's summarize task: the harness's tables from the evaluate-one records, plus ``chart.html``.
+
+    Args:
+        cfg: config (its name titles the table).
+        out: output folder (``table.md``, ``table.csv``, ``gains.csv``, ``bar.png``, ``chart.html``,
+            ``results.json``).
+        records: evaluate-one records (dicts, JSON text or ``b64:`` JSON), one per variant, split and labeled count.
+        variants: variant order of the table.
+        labeled: labeled counts.
+        splits: number of splits.
+        force: replace an existing output.
+        tracker: optional MLflow stage tracker (gets the gains and the table files).
+    """
+    import base64
+
+    from .infra.artifacts import atomic_dir
+
+    results = [_record(r) for r in records]
+    want = {(v, s, k) for v in variants for s in range(splits) for k in labeled}
+    got = {(r["variant"], r["split"], r["labeled"]) for r in results}
+    if got != want:
+        raise AugPaintError(f"summarize: records for {sorted(want - got)} missing, {sorted(got - want)} unexpected")
+    results.sort(key=lambda r: (r["split"], r["labeled"], variants.index(r["variant"])))  # the harness's order
+    with atomic_dir(out, force=force) as tmp:
+        summary = write_tables(tmp, cfg, results, variants, labeled, splits)
+        png = base64.b64encode((tmp / "bar.png").read_bytes()).decode("ascii")
+        import html as _html
+
+        (tmp / "chart.html").write_text(
+            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>AugPaint experiment</title></head><body>"
+            f'<img alt="mean Dice per variant and labeled count" src="data:image/png;base64,{png}">'
+            f"<pre>{_html.escape((tmp / 'table.md').read_text())}</pre></body></html>\n")
+        (tmp / "results.json").write_text(json.dumps({"results": results, "summary": summary, "splits": splits,
+                                                      "labeled": labeled, "variants": variants}, indent=1))
+        write_artifact_meta(tmp, kind="report", stage="summarize", config=cfg.model_dump(mode="json"),
+                            seed=cfg.seed, extra={"splits": splits, "labeled": labeled, "variants": variants,
+                                                  "gaps": summary["gaps"]})
+    if tracker:
+        for g in summary["gaps"]:
+            tracker.log_metrics({f"gap_{g['variant']}_k{g['labeled']}": g["gap_mean"]})
+        for r in summary["rows"]:
+            tracker.log_metrics({f"{r['variant']}_k{r['labeled']}_dice": r["dice_mean"]})
+        for f in ("table.md", "table.csv", "bar.png"):
+            tracker.log_artifact(Path(out) / f)
+    return Path(out)

@@ -21,6 +21,7 @@ from .infra.tracking import stage_run
 # (diffusers and MONAI take about 10 s to import on 2 cores).
 STAGES: dict[str, str] = {
     "preprocess": "data.preprocess:preprocess",
+    "relabel": "data.relabel:relabel",
     "train-ae": "generative.train_ae:train_ae",
     "train-ldm": "generative.train_ldm:train_ldm",
     "train-pixel": "generative.train_ldm:train_pixel",

@@ -100,7 +100,8 @@ def build_pipeline(cfg: Optional[AugPaintConfig] = None):
             aug = stage_task(train_seg_augpaint(dataset=ds, filtered=flt.outputs["filtered"], **common), cluster,
                              "train-seg", gpu=True, retry=True)
             stage_task(evaluate(dataset=ds, baseline=base.outputs["segmenter"], augpaint=aug.outputs["segmenter"],
-                                **common), cluster, "evaluate", gpu=True, cache=False)
+                                synthetic=synthetic, filtered=flt.outputs["filtered"], **common), cluster,
+                       "evaluate", gpu=True, cache=False)
             with dsl.If(export_nnunet_as != "", name="export-nnunet-enabled"):
                 stage_task(export_nnunet(dataset=ds, filtered=flt.outputs["filtered"], nnunet_name=export_nnunet_as,
                                          **common), cluster, "export")

@@ -10,18 +10,22 @@ from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
 
 # pipeline name -> module holding its build_pipeline(cfg)
-PIPELINES = {"augpaint": "pipelines.augpaint_pipeline", "expansion": "pipelines.expansion_pipeline"}
+PIPELINES = {"augpaint": "pipelines.augpaint_pipeline", "expansion": "pipelines.expansion_pipeline",
+             "experiment": "pipelines.experiment_pipeline"}
 
 
-def build(name: str, cfg: AugPaintConfig | None = None):
-    """The pipeline function ``name`` built for ``cfg`` (kfp-kubernetes settings from ``cfg.cluster``)."""
+def build(name: str, cfg: AugPaintConfig | None = None, **options):
+    """The pipeline function ``name`` built for ``cfg`` (kfp-kubernetes settings from ``cfg.cluster``).
+
+    ``options`` go to the experiment pipeline (``splits``, ``labeled``, ``variants``).
+    """
     if name not in PIPELINES:
         raise AugPaintError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)}")
-    return importlib.import_module(PIPELINES[name]).build_pipeline(cfg)
+    return importlib.import_module(PIPELINES[name]).build_pipeline(cfg, **options)
 
 
 def compile_pipeline(out: str | Path, image: str | None = None, cfg: AugPaintConfig | None = None,
-                     pipeline: str = "augpaint") -> Path:
+                     pipeline: str = "augpaint", **options) -> Path:
     """Compile a pipeline to the YAML the KFP UI uploads.
 
     Args:
@@ -29,7 +33,9 @@ def compile_pipeline(out: str | Path, image: str | None = None, cfg: AugPaintCon
         image: component base image; sets $AUGPAINT_IMAGE before the components are defined.
         cfg: config whose ``cluster`` section (GPU, tolerations, secrets, retries, timeouts) and
             ``inpaint.num_shards`` shape the tasks; default: the schema defaults.
-        pipeline: ``augpaint`` (the full pipeline) or ``expansion`` (recurring dataset expansion).
+        pipeline: ``augpaint`` (the full pipeline), ``expansion`` (recurring dataset expansion) or
+            ``experiment`` (the paper's comparison).
+        options: experiment pipeline options (``splits``, ``labeled``, ``variants``).
     """
     saved = os.environ.get("AUGPAINT_IMAGE")
     try:
@@ -38,7 +44,7 @@ def compile_pipeline(out: str | Path, image: str | None = None, cfg: AugPaintCon
             _forget_components()  # components read the image when they are defined
         from kfp import compiler
 
-        func = build(pipeline, cfg)
+        func = build(pipeline, cfg, **options)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         compiler.Compiler().compile(func, str(out))
@@ -54,5 +60,6 @@ def compile_pipeline(out: str | Path, image: str | None = None, cfg: AugPaintCon
 
 def _forget_components() -> None:
     for mod in [m for m in sys.modules if m == "components" or m.startswith(("components.", "pipelines.augpaint",
-                                                                              "pipelines.expansion"))]:
+                                                                              "pipelines.expansion",
+                                                                              "pipelines.experiment"))]:
         del sys.modules[mod]

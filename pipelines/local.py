@@ -5,13 +5,155 @@ component as a subprocess of this Python environment (use_venv=False).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
 from augpaint_core.infra.tracking import resolve_uri
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([^']+)'")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class StageLog(io.TextIOBase):
+    """Stands in for sys.stdout/stderr while kfp.local runs: every line goes to the log file; a task's start and
+    end become one summary line per stage on the terminal.
+
+    kfp.local prints its own messages and the tasks' streamed output through ``print`` and ``logging`` on
+    sys.stdout (warnings on sys.stderr), so replacing both objects catches everything.
+
+    Args:
+        log: the full log file (kept open while the pipeline runs).
+        term: where the summary lines go (the real stdout).
+        total: tasks expected (for the progress indicator; ParallelFor iterations may add more).
+        tail: log lines kept for the failure message.
+        names: task name -> display name (the experiment pipeline's ``s0 k1 train-seg-augpaint``).
+    """
+
+    def __init__(self, log: TextIO, term: TextIO, total: int, tail: int = 25,
+                 names: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.log, self.term, self.total = log, term, max(1, total)
+        self.names = names or {}
+        self.tail = tail
+        self.lines: deque[str] = deque(maxlen=tail)
+        self.task_lines: dict[str, deque[str]] = {}  # per task, its last lines (the failure message shows them)
+        self.current: str | None = None
+        self.started: dict[str, float] = {}
+        self.done = 0
+        self.failed: str | None = None
+        self._buf = ""
+        self._lock = threading.Lock()  # ParallelFor iterations run in threads
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.log.write(text)
+            self._buf += text
+            *lines, self._buf = self._buf.split("\n")
+            for line in lines:
+                self._line(ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _line(self, line: str) -> None:
+        if m := STARTED.search(line):
+            self.started[m.group(1)] = time.time()
+            self.current = m.group(1)
+            self.task_lines[self.current] = deque(maxlen=self.tail)
+        elif m := FINISHED.search(line):
+            self.finish(m.group(1), m.group(2))
+        if line.strip():
+            self.lines.append(line)
+            if self.current in self.task_lines:
+                self.task_lines[self.current].append(line)
+
+    def finish(self, task: str, status: str) -> None:
+        """Print the stage's summary line: progress, name, status, duration."""
+        self.done += 1
+        self.total = max(self.total, self.done)
+        secs = time.time() - self.started.pop(task, time.time())
+        ok = status.upper() == "SUCCESS"
+        if not ok:
+            self.failed = task
+        bar = "#" * round(10 * self.done / self.total)
+        name = self.names.get(task, task)
+        self.term.write(f"[{bar:<10}] {self.done:>2}/{self.total:<2} {name:<28} {'ok' if ok else 'FAILED':<7} "
+                        f"{secs:7.1f} s\n")
+        self.term.flush()
+
+    def running(self) -> list[str]:
+        """Tasks started but not finished (the failing one when the pipeline raised)."""
+        return list(self.started)
+
+
+def task_names(func) -> dict[str, str]:
+    """Task name -> display name of every executor task in a pipeline (a ParallelFor body counts once)."""
+    spec = func.pipeline_spec
+    comps = spec.components
+    out: dict[str, str] = {}
+
+    def walk(dag) -> None:
+        for key, task in dag.tasks.items():
+            comp = comps.get(task.component_ref.name)
+            if comp is not None and comp.HasField("dag"):
+                walk(comp.dag)
+            else:
+                out[key] = task.task_info.name or key
+
+    walk(spec.root.dag)
+    return out
+
+
+def count_tasks(func) -> int:
+    """Executor tasks in a compiled pipeline (a ParallelFor body counts once)."""
+    return len(task_names(func))
+
+
+@contextlib.contextmanager
+def stage_lines(log_path: Path, total: int, names: dict[str, str] | None = None) -> Iterator[StageLog]:
+    """Send kfp.local's output to ``log_path``; print one line per finished stage instead."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    term = sys.stdout
+    with open(log_path, "w") as log:
+        sink = StageLog(log, term, total, names=names)
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = sink
+        try:
+            yield sink
+        finally:
+            sys.stdout, sys.stderr = old
+            if sink._buf:
+                sink.write("\n")
+
+
+def failure_message(sink: StageLog, err: BaseException, log_path: Path, what: str = "pipeline") -> str:
+    """The failing stage's last log lines and where the full log is (also printed)."""
+    task = sink.failed or (sink.running()[-1] if sink.running() else None)
+    if task and not sink.failed:
+        sink.finish(task, "FAILURE")
+    shown = sink.names.get(task, task) if task else None
+    head = str(err).splitlines()[0] if str(err) else type(err).__name__
+    lines = sink.task_lines.get(task) if task else None
+    print(f"--- last lines of {'stage ' + task if lines else 'the log'} ({log_path}) ---")
+    print("\n".join("  " + line.strip() for line in (lines or sink.lines)))
+    print("---")
+    return f"{what} failed in stage {shown or '?'}: {ANSI.sub('', head)} (full log: {log_path})"
 
 
 def find_report(pipeline_root: Path, since: float) -> Path:
@@ -45,21 +187,30 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
-    try:
-        # Built for this config, so inpaint.num_shards fans out locally too.
-        build_pipeline(cfg)(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
-    except RuntimeError as err:
-        raise AugPaintError(f"pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in {root})"
-                            ) from None
+    func = build_pipeline(cfg)  # built for this config, so inpaint.num_shards fans out locally too
+    log_path = out / "pipeline.log"
+    if not quiet:
+        print(f"augpaint run: {count_tasks(func)} stages; full log: {log_path}")
+    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
+        try:
+            func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+            err = None
+        except RuntimeError as e:
+            err = e
+    if err is not None:
+        raise AugPaintError(failure_message(sink, err, log_path) + f"; artifacts in {root}") from None
     elapsed = time.time() - t0
     report = find_report(root, t0)
     metrics = json.loads((report / "metrics.json").read_text())
-    metrics.update(report_dir=str(report), tracking_uri=uri, elapsed_s=elapsed)
+    metrics.update(report_dir=str(report), tracking_uri=uri, elapsed_s=elapsed, log=str(log_path))
     if not quiet:
         print("\n" + (report / "report.md").read_text())
         print(f"Pipeline finished in {elapsed:.0f} s.")
         print(f"Artifacts:      {root}")
         print(f"Report:         {report / 'report.md'}")
+        if (report / "report.html").is_file():
+            print(f"Report page:    {report / 'report.html'}   (images of the inpainting and segmentations)")
+        print(f"Full log:       {log_path}")
         if uri != "none" and uri.startswith("sqlite:"):
             print(f"MLflow UI:      .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000   "
                   f"(then open http://127.0.0.1:5000)")
@@ -99,12 +250,20 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
     uri = resolve_uri(tracking_uri)
     before = versions.latest_version(versions_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    try:
-        build_pipeline(cfg)(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(),
-                           retrain=retrain, model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
-    except RuntimeError as err:
-        raise AugPaintError(f"expansion pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in "
-                            f"{root})") from None
+    func = build_pipeline(cfg)
+    log_path = out / "pipeline.log"
+    if not quiet:
+        print(f"augpaint expand: {count_tasks(func)} stages; full log: {log_path}")
+    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
+        try:
+            func(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(), retrain=retrain,
+                 model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
+            err = None
+        except RuntimeError as e:
+            err = e
+    if err is not None:
+        raise AugPaintError(failure_message(sink, err, log_path, "expansion pipeline") + f"; artifacts in {root}"
+                            ) from None
     after = versions.latest_version(versions_uri)
     manifest = versions.read_manifest(versions_uri) if after else {}
     result = {**manifest, "published": after != before, "pipeline_root": str(root)}
@@ -115,3 +274,51 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
         else:
             print(f"expand: no new labeled cases in {incoming}; latest version stays {after}")
     return result
+
+
+def run_experiment_pipeline_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *,
+                                  splits: int = 3, labeled: list[int] | None = None,
+                                  variants: list[str] | None = None, quiet: bool = False) -> Path:
+    """Run the experiment pipeline through kfp.local; returns the summarize task's report folder.
+
+    Args:
+        cfg: validated base config.
+        out: run folder; artifacts go under ``out/pipeline_root``, the log to ``out/pipeline.log``.
+        tracking_uri: MLflow URI ('none' disables).
+        splits: independent splits.
+        labeled: labeled counts (default ``[cfg.data.num_labeled]``).
+        variants: experiment variants (default: baseline, randaug, augpaint, cond_augpaint).
+        quiet: do not print the table.
+    """
+    from kfp import local
+
+    from pipelines.experiment_pipeline import build_pipeline
+
+    func = build_pipeline(cfg, splits=splits, labeled=labeled, variants=variants)  # bad options: nothing written
+    out = out.resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    log_path = out / "pipeline.log"
+    t0 = time.time()
+    if not quiet:
+        print(f"augpaint experiment pipeline: {count_tasks(func)} stages; full log: {log_path}")
+    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
+        try:
+            func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+            err = None
+        except RuntimeError as e:
+            err = e
+    if err is not None:
+        raise AugPaintError(failure_message(sink, err, log_path, "experiment pipeline") + f"; artifacts in {root}"
+                            ) from None
+    found = [p.parent for p in root.rglob("table.md") if (p.parent / "results.json").is_file()
+             and p.stat().st_mtime >= t0]
+    if not found:
+        raise AugPaintError(f"{root}: the experiment pipeline finished but wrote no table")
+    report = max(found, key=lambda p: p.stat().st_mtime)
+    if not quiet:
+        print("\n" + (report / "table.md").read_text())
+        print(f"Experiment pipeline finished in {time.time() - t0:.0f} s. Table: {report / 'table.md'}")
+    return report

@@ -12,6 +12,7 @@ from ..data.dataset import load_dataset
 from ..config import AugPaintConfig
 from ..errors import AugPaintError
 from .metrics import CONVENTION, case_metrics, region_metrics
+from .report import report_html
 from .segmenters import load_segmenter
 from .train_seg import predict
 
@@ -69,7 +70,8 @@ def markdown_table(results: dict[str, dict], class_names: list[str]) -> str:
 
 
 def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, augpaint: str | Path,
-             out: str | Path, *, force: bool = False, tracker=None) -> Path:
+             out: str | Path, *, force: bool = False, tracker=None, synthetic: str | Path | None = None,
+             filtered: str | Path | None = None) -> Path:
     """Stage 7: evaluate both segmenters on the same test split.
 
     Args:
@@ -77,9 +79,11 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
         dataset: real slice dataset artifact.
         baseline: segmenter trained on labeled data only.
         augpaint: segmenter trained on labeled + filtered synthetic data.
-        out: output report folder (``metrics.json``, ``report.md``).
+        out: output report folder (``metrics.json``, ``report.md``, ``report.html``).
         force: replace an existing output.
         tracker: optional MLflow stage tracker.
+        synthetic: optional unfiltered synthetic dataset, for report.html's inpainting grid.
+        filtered: optional filter output, for the grid's kept/rejected marks and the generator quality.
     """
     ds = load_dataset(dataset)
     results = {"baseline": evaluate_model(baseline, ds), "augpaint": evaluate_model(augpaint, ds)}
@@ -100,8 +104,14 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
                                                       "test_cases": test_cases, "convention": CONVENTION},
                                                      indent=1))
         (tmp / "report.md").write_text(md)
+        (tmp / "report.html").write_text(report_html(
+            f"AugPaint evaluation: {cfg.name}", ds, results, {"baseline": baseline, "augpaint": augpaint},
+            synthetic=synthetic, filtered=filtered, intro=f"Test split: {len(test_cases)} cases, the same for both "
+            f"models. Labeled training cases: {cfg.data.num_labeled}. AugPaint - baseline mean Dice: {gain:+.2f}."))
         write_artifact_meta(tmp, kind="report", stage="evaluate", config=cfg.model_dump(mode="json"),
-                            seed=cfg.seed, inputs={"dataset": dataset, "baseline": baseline, "augpaint": augpaint})
+                            seed=cfg.seed, inputs={"dataset": dataset, "baseline": baseline, "augpaint": augpaint,
+                                                   **({"synthetic": synthetic} if synthetic else {}),
+                                                   **({"filtered": filtered} if filtered else {})})
     if tracker:
         m = {"dice_gain_points": gain}
         for name, r in results.items():
@@ -113,4 +123,5 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
             if t is not None:
                 t.log_metrics(m)
                 t.log_artifact(Path(out) / "report.md")
+                t.log_artifact(Path(out) / "report.html")
     return Path(out)

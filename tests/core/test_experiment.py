@@ -101,3 +101,28 @@ def test_cli_rejects_bad_experiment_arguments(tmp_path, capsys):
     assert main(base + ["--labeled", "1,x"]) == 2
     assert "--labeled" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_paired_gain_ci_is_the_t_interval():
+    from augpaint_core.experiment import paired_ci95
+
+    lo, hi = paired_ci95([1.0, 3.0])  # mean 2, sd 1.414, n 2: half width t(0.975, 1) * sd / sqrt(2) = 12.706
+    assert lo == pytest.approx(2 - 12.7062, abs=1e-3) and hi == pytest.approx(2 + 12.7062, abs=1e-3)
+    assert paired_ci95([5.0]) == (None, None)
+    s = summarize([{"variant": v, "split": sp, "labeled": 1, "mean_dice": d, "mean_hd95": 1.0}
+                   for v, sp, d in [("baseline", 0, 0.2), ("baseline", 1, 0.4), ("augpaint", 0, 0.21),
+                                    ("augpaint", 1, 0.43)]], ["baseline", "augpaint"], [1])
+    g = s["gaps"][0]
+    assert g["ci95_low"] < g["gap_mean"] < g["ci95_high"]
+    from augpaint_core.experiment import markdown
+
+    assert f"[{g['ci95_low']:+.2f}, {g['ci95_high']:+.2f}]" in markdown(s, ["baseline", "augpaint"], [1], "t")
+
+
+def test_pipeline_config_applies_the_task_overrides(tiny_cfg):
+    from augpaint_core.experiment import pipeline_config
+
+    c = pipeline_config(tiny_cfg.to_yaml(), ["split=2", "data.num_labeled=3", "ldm.conditional=true"])
+    assert (c.seed, c.data.num_labeled, c.ldm.conditional) == (tiny_cfg.seed + 2, 3, True)
+    with pytest.raises(AugPaintError, match="num_labeled"):
+        pipeline_config(tiny_cfg.to_yaml(), ["data.num_labeled=zero"])

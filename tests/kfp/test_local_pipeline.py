@@ -16,6 +16,9 @@ def test_full_pipeline_locally(tmp_path, monkeypatch):
         assert 0.0 <= result[name]["mean"]["dice"] <= 1.0
     assert result["baseline"]["per_case"].keys() == result["augpaint"]["per_case"].keys()
     root = tmp_path / "run" / "pipeline_root"
+    page = (tmp_path / "run" / result["report_dir"] / "report.html").read_text()
+    assert "<h2>Inpainting</h2>" in page and "<h2>Generator quality</h2>" in page  # synthetic/filtered wired in
+    assert list(root.glob("*/evaluate/page")) and "Executing task" in open(result["log"]).read()
     for stage in ("preprocess", "train-ae", "train-ldm", "inpaint", "filter-synthetic", "train-seg-baseline",
                   "train-seg-augpaint", "evaluate"):
         assert list(root.glob(f"*/{stage}/*/artifact.json")), stage
@@ -35,7 +38,25 @@ def test_full_pipeline_locally(tmp_path, monkeypatch):
     assert "inpaint_grid.png" in [a.path for a in c.list_artifacts(inp.info.run_id)]
 
 
-def test_failing_stage_fails_the_run_and_closes_mlflow(tmp_path, monkeypatch):
+def test_stage_lines_summarise_kfp_output_and_keep_the_rest_in_the_log(tmp_path):
+    import io
+
+    from pipelines.local import StageLog
+
+    term, log = io.StringIO(), io.StringIO()
+    sink = StageLog(log, term, total=2)
+    kfp_out = ("\x1b[36m'preprocess'\x1b[0m", "'train-ae'")
+    sink.write(f"07:00:00.000 - INFO - Executing task {kfp_out[0]}\n    {{executor input json}}\n")
+    sink.write(f"07:00:01.000 - INFO - Task {kfp_out[0]} finished with status \x1b[32mSUCCESS\x1b[0m\n")
+    sink.write(f"Executing task {kfp_out[1]}\nTraceback: boom\nTask {kfp_out[1]} finished with status FAILURE\n")
+    lines = term.getvalue().splitlines()
+    assert len(lines) == 2 and "executor input" not in term.getvalue()
+    assert lines[0].split("]", 1)[1].split()[:3] == ["1/2", "preprocess", "ok"] and lines[0].startswith("[#####")
+    assert lines[1].split("]", 1)[1].split()[:3] == ["2/2", "train-ae", "FAILED"] and sink.failed == "train-ae"
+    assert "{executor input json}" in log.getvalue() and "Traceback: boom" in sink.lines
+
+
+def test_failing_stage_fails_the_run_and_closes_mlflow(tmp_path, monkeypatch, capsys):
     import pytest
     from mlflow.tracking import MlflowClient
 
@@ -47,8 +68,13 @@ def test_failing_stage_fails_the_run_and_closes_mlflow(tmp_path, monkeypatch):
     d["data"]["path"] = str(tmp_path / "missing")
     cfg = parse_config(d, "tiny")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with pytest.raises(AugPaintError, match="pipeline failed"):
+    with pytest.raises(AugPaintError, match="pipeline failed in stage preprocess") as err:
         run_local(cfg, tmp_path / "run", uri, quiet=True)
+    log = tmp_path / "run" / "pipeline.log"
+    assert f"full log: {log}" in str(err.value) and "Executing task" in log.read_text()
+    shown = capsys.readouterr().out
+    assert "preprocess" in shown and "FAILED" in shown and "missing" in shown  # the stage's own error line
+    assert "executorInput" not in shown and "executor_input" not in shown
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("augpaint").experiment_id])
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
