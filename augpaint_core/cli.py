@@ -168,7 +168,9 @@ def _kfp_command(args: argparse.Namespace) -> None:
               namespace=args.namespace, image=args.image)
     if args.command == "submit":
         run_id = client.submit(args.host, pipeline=args.pipeline or "augpaint", run_name=args.run_name, **kw)
-        print(f"submit: created run {run_id} ({args.host.rstrip('/')}/#/runs/details/{run_id})")
+        from .infra.storage import redact
+
+        print(f"submit: created run {run_id} ({redact(args.host.rstrip('/'))}/#/runs/details/{run_id})")
     else:
         rid = client.schedule(args.host, cron=args.cron, name=args.name, pipeline=args.pipeline or "expansion", **kw)
         print(f"schedule: created recurring run {rid} (cron '{args.cron}', max_concurrency 1, no catch-up)")

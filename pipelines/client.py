@@ -13,6 +13,7 @@ from typing import Any
 
 from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
+from augpaint_core.infra.storage import redact
 
 
 def check_cron(cron: str) -> str:
@@ -29,7 +30,7 @@ def _short(err: BaseException) -> str:
     reason = getattr(err, "reason", None)
     if status:
         return f"HTTP {status} {reason or ''}".strip()
-    return " ".join(str(err).split())[:200] or type(err).__name__
+    return redact(" ".join(str(err).split())[:200]) or type(err).__name__
 
 
 def connect(host: str, namespace: str | None = None):
@@ -39,7 +40,7 @@ def connect(host: str, namespace: str | None = None):
     try:
         return kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN") or None)
     except Exception as err:  # noqa: BLE001 - urllib3 / ApiException / TimeoutError
-        raise AugPaintError(f"KFP API at {host}: unreachable or failing ({_short(err)})") from None
+        raise AugPaintError(f"KFP API at {redact(host)}: unreachable or failing ({_short(err)})") from None
 
 
 def package_for(cfg: AugPaintConfig | None, pipeline: str, package: str | None, image: str | None,
@@ -86,7 +87,7 @@ def submit(host: str, *, cfg: AugPaintConfig | None = None, pipeline: str = "aug
                                                           run_name=run_name, experiment_name=experiment,
                                                           namespace=namespace)
         except Exception as err:  # noqa: BLE001
-            raise AugPaintError(f"KFP API at {host}: creating the run failed ({_short(err)})") from None
+            raise AugPaintError(f"KFP API at {redact(host)}: creating the run failed ({_short(err)})") from None
     return res.run_id
 
 
@@ -113,7 +114,7 @@ def schedule(host: str, *, cron: str, name: str, cfg: AugPaintConfig | None = No
                                              max_concurrency=1, no_catchup=True, params=_arguments(cfg, params or {}),
                                              pipeline_package_path=str(pkg), enabled=True)
         except Exception as err:  # noqa: BLE001
-            raise AugPaintError(f"KFP API at {host}: creating the recurring run failed ({_short(err)})") from None
+            raise AugPaintError(f"KFP API at {redact(host)}: creating the recurring run failed ({_short(err)})") from None
     return rr.recurring_run_id
 
 
@@ -134,7 +135,7 @@ def list_runs(host: str, *, experiment: str | None = None, namespace: str | None
         resp = client.list_runs(page_size=limit, sort_by="created_at desc", experiment_id=exp_id,
                                 namespace=namespace)
     except Exception as err:  # noqa: BLE001
-        raise AugPaintError(f"KFP API at {host}: listing runs failed ({_short(err)})") from None
+        raise AugPaintError(f"KFP API at {redact(host)}: listing runs failed ({_short(err)})") from None
     return [{"run_id": r.run_id, "name": r.display_name or "", "state": str(r.state or ""),
              "created_at": str(r.created_at or "")} for r in (resp.runs or [])]
 
