@@ -157,8 +157,8 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
         if bad is None:
             cases.append(c)
         else:  # such a name breaks the records, MLflow and evaluate's report much later; refuse it here
-            shown = bad.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
-            problem(Problem(shown, c.case_id.encode("utf-8", "backslashreplace").decode(),
+            shown = os.fsencode(bad).decode("utf-8", "backslashreplace")  # the raw bytes as \xff escapes
+            problem(Problem(shown, os.fsencode(c.case_id).decode("utf-8", "backslashreplace"),
                             f"{shown}: file name is not valid UTF-8; rename it"))
     source = dataclasses.replace(source, cases=cases)
     labeled = [c for c in source.cases if c.label is not None]
