@@ -95,9 +95,11 @@ def disk_full_error(folder: Path, err: BaseException | None = None) -> AugPaintE
 
 def is_disk_full(err: BaseException) -> bool:
     """True for ENOSPC/EDQUOT, also when torch wraps it in a RuntimeError."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
     text = str(err)
+    if isinstance(err, OSError):
+        # numpy reports a short write ("98304 requested and 65408 written") without an errno
+        return err.errno in (errno.ENOSPC, errno.EDQUOT) or (err.errno is None and "requested and" in text
+                                                               and "written" in text)
     return isinstance(err, RuntimeError) and ("No space left" in text or "file write failed" in text)
 
 

@@ -270,7 +270,8 @@ def test_item12_non_utf8_file_names_stop_at_preprocess(a, raw_nnunet):
     img = sorted((raw / "imagesTr").glob("*_0000.nii.gz"))[1]
     cid = img.name[:-len("_0000.nii.gz")]
     bad = os.fsencode(cid) + b"\xff"
-    os.rename(os.fsencode(img), os.fsencode(img.parent) + b"/" + bad + b"_0000.nii.gz")
+    for ch in sorted((raw / "imagesTr").glob(f"{cid}_*.nii.gz")):  # every channel of the case
+        os.rename(os.fsencode(ch), os.fsencode(ch.parent) + b"/" + bad + os.fsencode(ch.name[len(cid):]))
     os.rename(os.fsencode(raw / "labelsTr" / f"{cid}.nii.gz"), os.fsencode(raw / "labelsTr") + b"/" + bad + b".nii.gz")
     res = cli(["preprocess", "--config", a["yaml"], *NONE, "--in", raw, "--out", a["tmp"] / "ds"])
     expect_error(res, "not valid UTF-8", f"{cid}\\xff")
