@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def _kfp_command(args: argparse.Namespace) -> None:
               namespace=args.namespace, image=args.image)
     if args.command == "submit":
         run_id = client.submit(args.host, pipeline=args.pipeline or "augpaint", run_name=args.run_name, **kw)
-        print(f"submit: created run {run_id} ({args.host.rstrip('/')}/#/runs/details/{run_id})")
+        from .infra.storage import redact
+
+        print(f"submit: created run {run_id} ({redact(args.host.rstrip('/'))}/#/runs/details/{run_id})")
     else:
         rid = client.schedule(args.host, cron=args.cron, name=args.name, pipeline=args.pipeline or "expansion", **kw)
         print(f"schedule: created recurring run {rid} (cron '{args.cron}', max_concurrency 1, no catch-up)")
@@ -313,9 +316,32 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("compile", "submit", "schedule", "runs", "sync-tracking"):
             _kfp_command(args)
     except AugPaintError as err:
-        print(f"augpaint {args.command}: error: {err}", file=sys.stderr)
+        print(f"augpaint {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError) as err:
+        from .infra.artifacts import disk_full_error, is_disk_full
+
+        if not is_disk_full(err) or os.environ.get("AUGPAINT_DEBUG"):
+            return _last_resort(args.command, err)
+        where = Path(getattr(args, "out", None) or ".").resolve()
+        print(f"augpaint {args.command}: error: {disk_full_error(where.parent)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001
+        return _last_resort(args.command, err)
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _last_resort(command: str, err: BaseException) -> int:
+    """An exception no stage turned into an AugPaintError: one line (a bug to report), the traceback on request."""
+    if os.environ.get("AUGPAINT_DEBUG"):
+        raise err
+    print(f"augpaint {command}: internal error: {type(err).__name__}: {_one_line(str(err))[:300]} (a bug: please "
+          f"report it; AUGPAINT_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = Field(
         (0.7, 0.15, 0.15), description="train:val:test by patient; with an official test set (ISIC) the test "
                                        "fraction is ignored")
-    split_seed: int | None = Field(None, description="seed of the patient split and the labeled pick (default: seed)")
+    split_seed: int | None = Field(None, ge=0, le=2**32 - 1,
+                                   description="seed of the patient split and the labeled pick (default: seed)")
     num_labeled: PositiveInt = Field(1, description="labeled training cases (patients; images for 2D data)")
     channels: list[str] | None = Field(None, description="channel names to use, up to 3 (default: FLAIR for "
                                                          "BraTS, else the first 3)")
@@ -283,9 +284,12 @@ class ClusterConfig(_Strict):
                                                           "one pod and GPU each) run at once")
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's generators take seeds up to this
+
+
 class AugPaintConfig(_Strict):
     name: str = "augpaint"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of every stage (0..2**32-1)")
     data: DataConfig = DataConfig()
     ae: AEConfig = AEConfig()
     ldm: LDMConfig = LDMConfig()
@@ -296,6 +300,17 @@ class AugPaintConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "AugPaintConfig":
+        # The latent (image_size / 4) is halved by every LDM stage but the last; a size that does not divide
+        # evenly crashes deep inside diffusers at train-ldm, so it is refused here.
+        stages = len(self.ldm.block_channels)
+        step = 4 * 2 ** (stages - 1)
+        if self.data.image_size % step:
+            raise ValueError(f"data.image_size {self.data.image_size} must be a multiple of {step} (the AE's 4 x "
+                             f"2**(len(ldm.block_channels) - 1) = 2**{stages - 1} of the LDM's downsampling)")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``a.b.c -> value`` view, for MLflow params."""
@@ -315,6 +330,57 @@ class AugPaintConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+MAX_YAML_BYTES = 1 << 20  # a config is a few KB; anything this large is not one
+MAX_DEPTH = 20
+
+
+def _depth(node: Any, limit: int) -> int:
+    """Nesting depth of parsed YAML, counted without recursion (stops past ``limit``)."""
+    stack, deepest = [(node, 1)], 0
+    while stack:
+        n, d = stack.pop()
+        if isinstance(n, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d + 1) for c in (n.values() if isinstance(n, dict) else n))
+    return deepest
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that turns every failure (syntax, tags, nesting, size) into one line naming ``where``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise AugPaintError(f"{where}: {len(text)} characters is too large for a config (at most {MAX_YAML_BYTES})")
+    # Count flow/block nesting before parsing: PyYAML recurses per level and overflows the stack far earlier
+    # than any real config nests.
+    depth = max(_open_brackets(text), 0)
+    if depth > 10 * MAX_DEPTH:
+        raise AugPaintError(f"{where}: nested {depth} levels deep; a config nests at most {MAX_DEPTH}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise AugPaintError(f"{where}: not valid YAML: {(str(err).splitlines() or [''])[0]}") from None
+    except (RecursionError, MemoryError):
+        raise AugPaintError(f"{where}: nested too deeply to be a config") from None
+    except ValueError as err:  # e.g. a timestamp or int PyYAML cannot represent
+        raise AugPaintError(f"{where}: not valid YAML: {str(err)[:200]}") from None
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise AugPaintError(f"{where}: nested more than {MAX_DEPTH} levels deep; a config nests at most {MAX_DEPTH}")
+    return data
+
+
+def _open_brackets(text: str) -> int:
+    """Deepest ``[``/``{`` nesting in ``text`` (quotes ignored: a rough guard, checked exactly after parsing)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _format_errors(err: ValidationError, where: str) -> str:
     parts = []
     for e in err.errors():
@@ -329,7 +395,9 @@ def _apply_override(data: dict, override: str) -> None:
     if "=" not in override:
         raise AugPaintError(f"override {override!r}: expected key.path=value")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw)
+    if not key or any(not p for p in key.split(".")):
+        raise AugPaintError(f"--set {override!r}: expected key.path=value")
+    value = _safe_yaml(raw, f"--set {override!r}")
     node = data
     parts = key.split(".")
     for p in parts[:-1]:
@@ -367,9 +435,12 @@ def _read_yaml(p: Path, chain: tuple[Path, ...] = ()) -> dict:
     if p.resolve() in chain:
         raise AugPaintError(f"{p}: 'extends' loops back to itself")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise AugPaintError(f"{p}: not valid YAML: {str(err).splitlines()[0]}") from None
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise AugPaintError(f"{p}: not a UTF-8 text file (byte {err.start}); save the config as UTF-8 YAML") from None
+    except OSError as err:
+        raise AugPaintError(f"{p}: cannot read ({err.strerror or err})") from None
+    data = _safe_yaml(text, str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -393,8 +464,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> AugPain
 
 def config_from_yaml_text(text: str, overrides: list[str] | None = None) -> AugPaintConfig:
     """Parse a config passed inline (the KFP pipeline parameter)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise AugPaintError(f"config_yaml parameter: not valid YAML: {str(err).splitlines()[0]}") from None
+    data = _safe_yaml(text, "config_yaml parameter")
     return parse_config(data, "config_yaml parameter", overrides)

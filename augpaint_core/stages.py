@@ -43,6 +43,76 @@ def stage_function(stage: str) -> Callable[..., Path]:
     return getattr(importlib.import_module(f".{module}", __package__), name)
 
 
+# Stage name -> the stage names its artifact.json may record (--force replaces only those).
+_RECORDED = {"merge-shards": ("inpaint", "merge-shards")}
+
+
+def _local_paths(value: Any) -> list[Path]:
+    vals = value if isinstance(value, (list, tuple)) else [value]
+    return [Path(v).resolve() for v in vals if isinstance(v, (str, Path)) and v and "://" not in str(v)]
+
+
+def check_stage_inputs(stage: str, cfg: AugPaintConfig, out: str | Path, *, force: bool = False,
+                       **inputs: Any) -> None:
+    """Refuse, before any work, what would lose data or give a wrong result silently.
+
+    * ``out`` equal to, inside, or holding an input (``--out`` = ``--in`` with ``--force`` deleted the input);
+    * ``--force`` on a folder that is not a finished artifact of this stage;
+    * a dataset whose size is not ``data.image_size``, or segmenters trained at another size.
+
+    Args:
+        stage: stage name.
+        cfg: validated config.
+        out: output folder (s3:// outputs are not checked here).
+        force: whether an existing output may be replaced.
+        inputs: the stage's inputs as passed to the stage function.
+    """
+    from .infra.artifacts import ARTIFACT_FILE, read_artifact_meta
+
+    if "://" in str(out):
+        return
+    o = Path(out).resolve()
+    names = {"input_dir": "--in", "dataset": "--in", "shard_dirs": "--in", "ae_path": "--ae", "ldm_path": "--ldm",
+             "synthetic": "--synthetic", "scorer": "--scorer", "baseline": "--baseline", "augpaint": "--augpaint"}
+    given = dict(inputs)
+    if stage == "preprocess" and not given.get("input_dir") and cfg.data.path:
+        given["input_dir"] = cfg.data.path
+    for key, value in given.items():
+        for p in _local_paths(value) if key in names else []:
+            if o == p or o in p.parents or p in o.parents:
+                rel = "is" if o == p else ("contains" if o in p.parents else "is inside")
+                raise AugPaintError(f"--out {out}: {rel} the input {names[key]} {p}; write the output to its own "
+                                    f"folder (nothing was changed)")
+    if force and o.exists() and (not o.is_dir() or any(o.iterdir())):
+        meta = read_artifact_meta(o) if (o / ARTIFACT_FILE).is_file() else None
+        if meta is None:
+            raise AugPaintError(f"--out {out}: exists and is not a finished augpaint artifact (no {ARTIFACT_FILE}); "
+                                f"--force only replaces an artifact, so nothing was deleted")
+        if meta.get("stage") not in _RECORDED.get(stage, (stage,)):
+            raise AugPaintError(f"--out {out}: holds the output of stage {meta.get('stage')!r}; --force only replaces "
+                                f"an output of {stage!r}, so nothing was deleted")
+    dataset = given.get("dataset")
+    if stage != "preprocess" and isinstance(dataset, (str, Path)):
+        from .data.dataset import read_manifest
+
+        size = read_manifest(dataset)["image_size"]
+        if size != cfg.data.image_size:
+            raise AugPaintError(f"data.image_size: {cfg.data.image_size} does not match the dataset {dataset} "
+                                f"({size} px); use the config it was made with")
+        for key in ("baseline", "augpaint", "scorer"):
+            seg = given.get(key)
+            if isinstance(seg, (str, Path)) and (Path(seg) / "segmenter.json").is_file():
+                import json
+
+                try:
+                    got = json.loads((Path(seg) / "segmenter.json").read_text()).get("image_size")
+                except (ValueError, UnicodeDecodeError, AttributeError):
+                    continue  # load_segmenter names the corrupt file
+                if got is not None and got != size:
+                    raise AugPaintError(f"{names[key]} {seg}: segmenter was trained on {got} px images, the dataset "
+                                        f"{dataset} has {size} px")
+
+
 def run_stage(stage: str, cfg: AugPaintConfig, out: str | Path, *, tracking_uri: str | None = None,
               parent_run_id: str = "", force: bool = False, run_name: str | None = None, **inputs: Any) -> Path:
     """Run one stage with tracking.
@@ -58,6 +128,7 @@ def run_stage(stage: str, cfg: AugPaintConfig, out: str | Path, *, tracking_uri:
         inputs: the stage function's input paths (``dataset=...``, ``ae_path=...``).
     """
     fn = stage_function(stage)
+    check_stage_inputs(stage, cfg, out, force=force, **inputs)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if int(os.environ.get("RANK", "0")) != 0:
         tracking_uri = "none"  # under `accelerate launch` only rank 0 logs (and writes the artifact)

@@ -15,6 +15,7 @@ from typing import Any
 
 from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
+from augpaint_core.infra.storage import redact
 
 
 def check_cron(cron: str) -> str:
@@ -31,7 +32,7 @@ def _short(err: BaseException) -> str:
     reason = getattr(err, "reason", None)
     if status:
         return f"HTTP {status} {reason or ''}".strip()
-    return " ".join(str(err).split())[:200] or type(err).__name__
+    return redact(" ".join(str(err).split())[:200]) or type(err).__name__
 
 
 # The oldest KFP backend that runs our pipelines: 2.4 rejects kfp-kubernetes 2.17's secretAsEnv.optional,
@@ -88,15 +89,15 @@ def check_backend(client, host: str) -> str:
     try:
         tag, _ = backend_version(client)
     except Exception as err:  # noqa: BLE001
-        raise AugPaintError(f"KFP API at {host}: reading its version from /apis/v2beta1/healthz failed "
+        raise AugPaintError(f"KFP API at {redact(host)}: reading its version from /apis/v2beta1/healthz failed "
                             f"({_short(err)})") from None
     ver = parse_version(tag)
     need = ".".join(map(str, MIN_KFP_BACKEND))
     if ver is None:
-        print(f"augpaint: warning: KFP API at {host} reports version {tag!r}; AugPaint needs {need} or newer, "
+        print(f"augpaint: warning: KFP API at {redact(host)} reports version {tag!r}; AugPaint needs {need} or newer, "
               "continuing unchecked", file=sys.stderr)
     elif ver[:2] < MIN_KFP_BACKEND:
-        raise AugPaintError(f"KFP API at {host} is version {tag}; AugPaint needs Kubeflow Pipelines {need} or newer "
+        raise AugPaintError(f"KFP API at {redact(host)} is version {tag}; AugPaint needs Kubeflow Pipelines {need} or newer "
                             "(Kubeflow 1.11 or newer): older backends reject its exit handler "
                             "(PipelineTaskFinalStatus), its artifact fan-in (dsl.Collected) and kfp-kubernetes "
                             "2.17's optional secret env. Upgrade KFP")
@@ -114,9 +115,9 @@ def connect(host: str, namespace: str | None = None):
         client = kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN") or None)
         multi_user = bool(client.get_kfp_healthz().multi_user)
     except Exception as err:  # noqa: BLE001 - urllib3 / ApiException / TimeoutError
-        raise AugPaintError(f"KFP API at {host}: unreachable or failing ({_short(err)})") from None
+        raise AugPaintError(f"KFP API at {redact(host)}: unreachable or failing ({_short(err)})") from None
     if multi_user and not (namespace or client.get_user_namespace()):
-        raise AugPaintError(f"--namespace: KFP at {host} is multi-user and no namespace is set; pass --namespace "
+        raise AugPaintError(f"--namespace: KFP at {redact(host)} is multi-user and no namespace is set; pass --namespace "
                             "NS or set one in your kubeconfig context (kubectl config set-context --current "
                             "--namespace NS)")
     return client
@@ -168,7 +169,7 @@ def submit(host: str, *, cfg: AugPaintConfig | None = None, pipeline: str = "aug
                                                           run_name=run_name, experiment_name=experiment,
                                                           namespace=namespace)
         except Exception as err:  # noqa: BLE001
-            raise AugPaintError(f"KFP API at {host}: creating the run failed ({_short(err)})") from None
+            raise AugPaintError(f"KFP API at {redact(host)}: creating the run failed ({_short(err)})") from None
     return res.run_id
 
 
@@ -197,7 +198,7 @@ def schedule(host: str, *, cron: str, name: str, cfg: AugPaintConfig | None = No
                                              max_concurrency=1, no_catchup=True, params=_arguments(cfg, params or {}),
                                              pipeline_package_path=str(pkg), enabled=True)
         except Exception as err:  # noqa: BLE001
-            raise AugPaintError(f"KFP API at {host}: creating the recurring run failed ({_short(err)})") from None
+            raise AugPaintError(f"KFP API at {redact(host)}: creating the recurring run failed ({_short(err)})") from None
     return rr.recurring_run_id
 
 
@@ -219,7 +220,7 @@ def list_runs(host: str, *, experiment: str | None = None, namespace: str | None
         resp = client.list_runs(page_size=limit, sort_by="created_at desc", experiment_id=exp_id,
                                 namespace=namespace)
     except Exception as err:  # noqa: BLE001
-        raise AugPaintError(f"KFP API at {host}: listing runs failed ({_short(err)})") from None
+        raise AugPaintError(f"KFP API at {redact(host)}: listing runs failed ({_short(err)})") from None
     return [{"run_id": r.run_id, "name": r.display_name or "", "state": str(r.state or ""),
              "created_at": str(r.created_at or "")} for r in (resp.runs or [])]
 

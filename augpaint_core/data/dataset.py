@@ -21,7 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..infra.artifacts import ARTIFACT_FILE, sha256_file
+import hashlib
+
+from ..infra.artifacts import ARTIFACT_FILE, files_digest, sha256_file
 from ..errors import AugPaintError
 
 DATASET_SCHEMA = 2
@@ -247,29 +249,89 @@ def _verified_local(path: Path, digest: str, verify: bool) -> np.ndarray:
         raise AugPaintError(f"{path}: unreadable shard ({err})") from None
 
 
+def _json_object(data: bytes, where: str) -> dict:
+    try:
+        out = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise AugPaintError(f"{where}: corrupt, not JSON ({str(err)[:200]})") from None
+    if not isinstance(out, dict):
+        raise AugPaintError(f"{where}: corrupt, expected a JSON object")
+    return out
+
+
+def _check_manifest(m: dict, where: str, recorded: dict[str, str]) -> None:
+    """Shape of a manifest, shard paths inside the artifact, shard hashes as recorded in artifact.json."""
+    from ..infra.storage import safe_relpath
+
+    def bad(field: str, why: str) -> AugPaintError:
+        return AugPaintError(f"{where}: field '{field}' {why}")
+
+    for key, typ in (("shards", list), ("records", list), ("class_names", list)):
+        if not isinstance(m.get(key), typ):
+            raise bad(key, f"is missing or not a {typ.__name__}")
+    for key in ("image_size", "num_slices"):
+        if not isinstance(m.get(key), int) or isinstance(m.get(key), bool) or m[key] < (1 if key == "image_size" else 0):
+            raise bad(key, f"must be a positive integer, got {m.get(key)!r}")
+    if not all(isinstance(c, str) for c in m["class_names"]):
+        raise bad("class_names", "must list names")
+    if not isinstance(m.get("regions", {}), dict):
+        raise bad("regions", "must map names to class lists")
+    for i, sh in enumerate(m["shards"]):
+        if not isinstance(sh, dict) or not isinstance(sh.get("num_slices"), int) or sh["num_slices"] < 0:
+            raise bad(f"shards[{i}]", "is malformed (needs num_slices, images, labels and their sha256)")
+        for k in ("images", "labels"):
+            rel = safe_relpath(sh.get(k), f"{where}: shards[{i}].{k}")
+            if not isinstance(sh.get(f"{k}_sha256"), str):
+                raise bad(f"shards[{i}].{k}_sha256", "is missing")
+            if recorded.get(rel) != sh[f"{k}_sha256"]:
+                raise bad(f"shards[{i}].{k}_sha256", f"does not match the hash of {rel} in {ARTIFACT_FILE}")
+    for i, r in enumerate(m["records"]):
+        if not isinstance(r, dict) or any(k not in r for k in RECORD_FIELDS) or not isinstance(r["provenance"], dict):
+            raise bad(f"records[{i}]", f"is malformed (needs {', '.join(RECORD_FIELDS)})")
+
+
 def read_manifest(uri: str | Path) -> dict:
-    """The manifest of a complete dataset artifact (local folder or ``s3://`` prefix)."""
+    """The manifest of a complete dataset artifact (local folder or ``s3://`` prefix).
+
+    ``manifest.json`` is checked against the sha256 that ``artifact.json`` records, and its
+    shard table against the recorded shard hashes, so an edited manifest (a test patient turned
+    into training data, a shard path outside the folder) is refused.
+    """
     from ..infra import storage
 
     uri = str(uri)
-    if not storage.exists(storage.join(uri, ARTIFACT_FILE)):
+    meta_uri, man_uri = storage.join(uri, ARTIFACT_FILE), storage.join(uri, MANIFEST)
+    if not storage.exists(meta_uri):
         if not storage.is_s3(uri) and not Path(uri).is_dir():
             raise AugPaintError(f"{uri}: dataset not found")
         raise AugPaintError(f"{uri}: not a complete dataset artifact (no {ARTIFACT_FILE}); was its stage "
                             f"interrupted?")
-    try:
-        manifest = json.loads(storage.read_bytes(storage.join(uri, MANIFEST)))
-    except AugPaintError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AugPaintError(f"{storage.join(uri, MANIFEST)}: corrupt manifest ({err})") from None
-    meta = json.loads(storage.read_bytes(storage.join(uri, ARTIFACT_FILE)))
+    meta = _json_object(storage.read_bytes(meta_uri), meta_uri)
     if meta.get("kind") != "dataset":
         raise AugPaintError(f"{uri}: expected a dataset artifact, found {meta.get('kind')!r}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or files_digest(files) != meta.get("content_sha256"):
+        raise AugPaintError(f"{meta_uri}: field 'files' is missing or does not match content_sha256; the artifact "
+                            f"was edited or is corrupt")
+    raw = storage.read_bytes(man_uri)
+    if hashlib.sha256(raw).hexdigest() != files.get(MANIFEST):
+        raise AugPaintError(f"{man_uri}: sha256 does not match {ARTIFACT_FILE}; the manifest was edited or is corrupt")
+    manifest = _json_object(raw, man_uri)
     if manifest.get("schema_version") != DATASET_SCHEMA:
         raise AugPaintError(f"{uri}: dataset schema {manifest.get('schema_version')} is not {DATASET_SCHEMA}; "
                             f"re-run preprocess with this version")
+    _check_manifest(manifest, man_uri, files)
     return manifest
+
+
+def require_provenance(ds: "SliceDataset", keys: tuple[str, ...], where: str | Path, what: str) -> None:
+    """Refuse a dataset whose records lack provenance fields a stage needs (e.g. a real dataset given as
+    ``--synthetic``)."""
+    for r in ds.records:
+        missing = [k for k in keys if k not in r.get("provenance", {})]
+        if missing:
+            raise AugPaintError(f"{where}: not {what} (record {r.get('case_id')!r} slice {r.get('slice_index')} has "
+                                f"no provenance {', '.join(missing)})")
 
 
 def open_dataset(uri: str | Path, *, verify: bool = True, cache_dir: str | Path | None = None) -> SliceDataset:
@@ -300,7 +362,7 @@ def open_dataset(uri: str | Path, *, verify: bool = True, cache_dir: str | Path 
     counts = [s["num_slices"] for s in shards]
     if sum(counts) != len(m["records"]) or m["num_slices"] != len(m["records"]):
         raise AugPaintError(f"{uri}: manifest lists {len(m['records'])} records but {sum(counts)} slices in shards")
-    size = int(m["image_size"])
+    size = m["image_size"]
     return SliceDataset(ShardedArray(counts, (size, size, 3), np.uint8, opener("images")),
                         ShardedArray(counts, (size, size), np.uint8, opener("labels")),
                         m["records"], m["class_names"], {k: list(v) for k, v in m.get("regions", {}).items()})

@@ -11,6 +11,7 @@ become unlabeled data (their labels are not stored).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -115,6 +116,15 @@ def num_workers(requested: int, num_jobs: int) -> int:
     return 1 if num_jobs < 16 else max(1, min(8, os.cpu_count() or 1))
 
 
+def _utf8(path: str) -> bool:
+    """True if ``path`` is valid UTF-8 (a non-UTF-8 name decodes to lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers: int = 0, progress: bool = False
                   ) -> tuple[dict, dict]:
     """Read every case of ``source`` and stream the slices into a dataset folder.
@@ -141,6 +151,16 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
 
     for p in source.problems:
         problem(p)
+    cases = []
+    for c in source.cases:
+        bad = next((f for f in c.images + ((c.label,) if c.label else ()) if not _utf8(f)), None)
+        if bad is None:
+            cases.append(c)
+        else:  # such a name breaks the records, MLflow and evaluate's report much later; refuse it here
+            shown = os.fsencode(bad).decode("utf-8", "backslashreplace")  # the raw bytes as \xff escapes
+            problem(Problem(shown, os.fsencode(c.case_id).decode("utf-8", "backslashreplace"),
+                            f"{shown}: file name is not valid UTF-8; rename it"))
+    source = dataclasses.replace(source, cases=cases)
     labeled = [c for c in source.cases if c.label is not None]
     fixed = {c.patient_id: c.fixed_split for c in labeled if c.fixed_split}
     free = sorted({c.patient_id for c in labeled} - set(fixed))

@@ -31,7 +31,7 @@ from ..data.dataset import DatasetWriter, SliceDataset, load_dataset, open_datas
 from ..errors import AugPaintError
 from ..runtime import seed_everything, to_tensor, to_uint8
 from .masks import AE_FACTOR, box_mask, label_mask
-from .models import load_ldm, load_vqmodel
+from .models import check_pair, load_ldm, load_vqmodel
 from .sampling import ItemNoise, augpaint_loop, batch_invariant, make_scheduler, repaint_loop
 from .train_ae import image_grid
 
@@ -179,6 +179,7 @@ def _load_models(cfg: AugPaintConfig, ds: SliceDataset, ae_path, ldm_path):
     if ae_path is None:
         raise AugPaintError(f"inpaint.sampler {cfg.inpaint.sampler} needs the autoencoder (--ae)")
     read_artifact_meta(ae_path, kind="model")
+    check_pair(ldm_path, meta, ae_path)
     ae = load_vqmodel(ae_path)
     c = ae.config.latent_channels
     if unet.config.in_channels not in (c, 2 * c):

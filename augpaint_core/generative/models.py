@@ -85,15 +85,49 @@ def build_train_scheduler(cfg: LDMConfig) -> DDPMScheduler:
                          beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False)
 
 
+def _from_pretrained(cls, folder: Path, artifact: str | Path):
+    """``cls.from_pretrained(folder)``; a missing, corrupt or foreign file becomes one line naming it."""
+    cfg = folder / ("scheduler_config.json" if cls is DDPMScheduler else "config.json")
+    if not cfg.is_file():
+        raise AugPaintError(f"{cfg}: missing; {artifact} is not a complete model artifact")
+    try:
+        return cls.from_pretrained(folder)
+    except Exception as err:  # noqa: BLE001 - diffusers/safetensors raise many types for one bad file
+        raise AugPaintError(f"{folder}: unreadable model files ({type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0][:200]})") from None
+
+
 def load_vqmodel(path: str | Path) -> VQModel:
+    """The autoencoder of a train-ae artifact, after checking its files against ``artifact.json``."""
+    from ..infra.artifacts import verify_artifact
+
     p = Path(path) / "vqmodel"
     if not p.is_dir():
         raise AugPaintError(f"{path}: not an autoencoder artifact (no vqmodel/)")
-    return VQModel.from_pretrained(p).eval()
+    verify_artifact(path, kind="model")
+    return _from_pretrained(VQModel, p, path).eval()
 
 
 def load_ldm(path: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
+    """The U-Net and training schedule of a train-ldm/train-pixel artifact, checked against ``artifact.json``."""
+    from ..infra.artifacts import verify_artifact
+
     p = Path(path)
     if not (p / "unet").is_dir():
         raise AugPaintError(f"{path}: not an LDM artifact (no unet/)")
-    return UNet2DModel.from_pretrained(p / "unet").eval(), DDPMScheduler.from_pretrained(p / "scheduler")
+    verify_artifact(path, kind="model")
+    return _from_pretrained(UNet2DModel, p / "unet", path).eval(), _from_pretrained(DDPMScheduler, p / "scheduler",
+                                                                                     path)
+
+
+def check_pair(ldm_path: str | Path, ldm_meta: dict, ae_path: str | Path) -> None:
+    """Refuse an LDM used with another AE than the one it was trained on (recorded hash in its artifact.json)."""
+    from ..infra.artifacts import artifact_hash
+
+    recorded = ((ldm_meta.get("inputs") or {}).get("ae") or {}).get("content_sha256")
+    if recorded is None:
+        raise AugPaintError(f"{Path(ldm_path) / 'artifact.json'}: records no AE hash (inputs.ae); cannot check that "
+                            f"{ae_path} is the autoencoder it was trained on")
+    if recorded != artifact_hash(ae_path):
+        raise AugPaintError(f"{ae_path}: not the autoencoder {ldm_path} was trained on (its content hash differs "
+                            f"from inputs.ae.content_sha256 {recorded[:12]}...)")

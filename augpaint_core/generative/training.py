@@ -138,7 +138,12 @@ class Checkpointer:
     def load(self, step: int) -> tuple[dict, dict]:
         """(state, meta) of a checkpoint; refuses another architecture before anything is loaded into a model."""
         uri = storage.join(self.uri, f"step-{step:08d}")
-        meta = json.loads(storage.read_bytes(storage.join(uri, "artifact.json")))
+        try:
+            meta = json.loads(storage.read_bytes(storage.join(uri, "artifact.json")))
+            if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+                raise ValueError("expected an object with an integer 'step'")
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise CorruptCheckpoint(f"{uri}/artifact.json: corrupt checkpoint record ({str(err)[:160]})") from None
         for what, mine in (("architecture", self.arch), ("run", self.identity)):
             theirs = meta.get("arch" if what == "architecture" else "identity", {})
             if theirs != mine:
@@ -151,8 +156,13 @@ class Checkpointer:
             try:
                 state = torch.load(local, map_location="cpu", weights_only=True)
             except Exception as err:  # truncated or foreign file
-                raise AugPaintError(f"{uri}/state.pt: unreadable checkpoint ({type(err).__name__}: {err})") from None
+                raise CorruptCheckpoint(f"{uri}/state.pt: unreadable checkpoint ({type(err).__name__}: "
+                                        f"{str(err)[:160]})") from None
         return state, meta
+
+
+class CorruptCheckpoint(AugPaintError):
+    """A checkpoint whose record or state cannot be read (resume falls back to an older one)."""
 
 
 def _dotted(d: dict, prefix: str = "") -> dict:
@@ -178,7 +188,17 @@ def resume_state(ckpt: Checkpointer, tcfg: TrainingConfig, parts: dict[str, Any]
     steps = ckpt.steps() if tcfg.resume else []
     if not steps:
         return 0
-    state, meta = ckpt.load(steps[-1])
+    for i, step in enumerate(reversed(steps)):
+        try:
+            state, meta = ckpt.load(step)
+            break
+        except CorruptCheckpoint as err:
+            # A checkpoint damaged on disk (or a half-copied one): the previous one still resumes the run.
+            if i == len(steps) - 1:
+                raise AugPaintError(f"{err}; no older checkpoint to fall back to (set training.resume=false to "
+                                    f"start over)") from None
+            log.warning("%s; falling back to the previous checkpoint", err)
+    steps = [s for s in steps if s <= step]
     missing = sorted(set(parts) - set(state))
     if missing:
         raise AugPaintError(f"{ckpt.uri}: checkpoint step {steps[-1]} lacks {missing}; it was written by another "

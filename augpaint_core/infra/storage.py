@@ -6,7 +6,9 @@ and keys come from the environment:
 * endpoint: ``AUGPAINT_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``,
   ``AWS_ENDPOINT_URL`` or ``MLFLOW_S3_ENDPOINT_URL`` (``http://`` or ``https://``);
 * keys: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (optional
-  ``AWS_SESSION_TOKEN``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``);
+  ``AWS_SESSION_TOKEN``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``); with no keys
+  the client refuses to run unless ``AUGPAINT_S3_ANONYMOUS=1`` asks for
+  anonymous requests;
 * retries: ``AUGPAINT_S3_RETRIES`` attempts (default 4) with a backoff of
   ``AUGPAINT_S3_BACKOFF_S`` seconds (default 0.5) doubling each time.
 
@@ -60,6 +62,18 @@ _clients_lock = threading.Lock()
 
 # ----------------------------------------------------------------------------- URIs
 
+_USERINFO_RE = re.compile(r"(?<=://)[^/@\s]+@")
+ANONYMOUS_ENV = "AUGPAINT_S3_ANONYMOUS"
+
+
+def redact(text: str | Path) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``.
+
+    Use it wherever a URI (or an error message that may quote one) is logged or printed.
+    """
+    return _USERINFO_RE.sub("***@", str(text))
+
+
 def is_s3(uri: str | Path) -> bool:
     """True for ``s3://`` URIs, False for local paths (plain or ``file://``)."""
     return isinstance(uri, str) and uri.startswith("s3://")
@@ -94,6 +108,22 @@ def join(uri: str, *parts: str) -> str:
     if is_s3(uri) or uri.startswith("file://"):
         return uri.rstrip("/") + "/" + "/".join(parts)
     return str(Path(uri).joinpath(*parts))
+
+
+def safe_relpath(rel: object, where: str) -> str:
+    """``rel`` if it is a plain relative path that stays inside its folder, else a one-line error.
+
+    Paths read from files (manifests, spool bundles) are untrusted: an absolute path, a ``..``
+    part or a backslash would let them name a file outside the artifact.
+
+    Args:
+        rel: the path as found in the file.
+        where: the file and field it came from, for the error.
+    """
+    if (not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/")
+            or any(part in ("", ".", "..") for part in rel.split("/"))):
+        raise AugPaintError(f"{where}: path {str(rel)[:200]!r} leaves its folder (absolute or '..'); refusing it")
+    return rel
 
 
 def _local(uri: str | Path) -> Path:
@@ -131,9 +161,9 @@ def _parse_endpoint(endpoint: str, source: str) -> tuple[str, bool]:
     """``http://host:port`` -> (``host:port``, secure)."""
     parts = urllib.parse.urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise AugPaintError(f"{source}={endpoint}: S3 endpoint must look like http://host:port or https://host")
+        raise AugPaintError(f"{source}={redact(endpoint)}: S3 endpoint must look like http://host:port or https://host")
     if parts.path.strip("/") or parts.query:
-        raise AugPaintError(f"{source}={endpoint}: S3 endpoint must not contain a path")
+        raise AugPaintError(f"{source}={redact(endpoint)}: S3 endpoint must not contain a path")
     return parts.netloc, parts.scheme == "https"
 
 
@@ -144,6 +174,10 @@ def _credentials() -> tuple[str | None, str | None, str | None]:
         missing = "AWS_SECRET_ACCESS_KEY" if key else "AWS_ACCESS_KEY_ID"
         raise AugPaintError(f"S3 credentials: {missing} is not set (set both AWS_ACCESS_KEY_ID and "
                             "AWS_SECRET_ACCESS_KEY)")
+    if not key and os.environ.get(ANONYMOUS_ENV, "") != "1":
+        # Unsigned requests would silently read (or write) whatever a public bucket allows.
+        raise AugPaintError("S3 credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set (set "
+                            f"{ANONYMOUS_ENV}=1 to send anonymous requests on purpose)")
     return key, secret, os.environ.get("AWS_SESSION_TOKEN") or None
 
 
@@ -191,7 +225,7 @@ def _client_for(uri: str) -> tuple[minio.Minio, str]:
     """Client and endpoint URL for an s3:// URI; configuration errors name the URI."""
     try:
         url, source = _endpoint_url(None)
-        return _make_client(url, source), url.rstrip("/")
+        return _make_client(url, source), redact(url.rstrip("/"))
     except AugPaintError as err:
         raise AugPaintError(f"{uri}: {err}") from None
 

@@ -77,7 +77,9 @@ def _denied(uri: str, err: BaseException) -> AugPaintError | None:
     status = m.group(1) if m else ("401" if code == "UNAUTHENTICATED" else "403")
     body = re.search(r"Response body: '([^']*)", text)
     why = " ".join((body.group(1) if body else text).split())[:120]
-    return TrackingAccessDenied(f"MLflow at {uri}: access denied (HTTP {status}: {why}); nothing was spooled: "
+    from .storage import redact
+
+    return TrackingAccessDenied(f"MLflow at {redact(uri)}: access denied (HTTP {status}: {why}); nothing was spooled: "
                                 "check the server's --allowed-hosts, that its pod has sidecar.istio.io/inject: "
                                 "\"false\" (or an AuthorizationPolicy admits pipeline pods), and the credentials")
 
@@ -113,8 +115,11 @@ class Spool:
         if denied is not None:  # refused, not down: fail loudly instead of spooling
             raise denied from None
         if not self.down:
+            from .storage import redact
+
             log.warning("MLflow unreachable (%s: %s); keeping tracking records in %s until it is back",
-                        type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "", self.uri)
+                        type(err).__name__, redact(str(err).splitlines()[0][:200]) if str(err) else "",
+                        redact(self.uri))
         self.down = True
 
     def add(self, run_id: str, record: dict) -> None:
@@ -158,7 +163,8 @@ class Spool:
             except AugPaintError as err:
                 if root == local:
                     raise
-                log.warning("MLflow spool %s unusable (%s); keeping the records in %s", root, err, local)
+                log.warning("MLflow spool %s unusable (%s); keeping the records in %s", storage.redact(root),
+                            storage.redact(str(err)), local)
         shutil.rmtree(folder, ignore_errors=True)
         self._tmp, self.records = None, []
         log.warning("MLflow records kept in %s; replay them with `augpaint sync-tracking` once the server is back",
@@ -240,11 +246,14 @@ class Tracker:
 
 
 def _unreachable(uri: str, err: BaseException) -> AugPaintError:
+    from .storage import redact
+
     denied = _denied(uri, err)
     if denied is not None:
         return denied
-    return AugPaintError(f"MLflow at {uri}: unreachable or failing ({type(err).__name__}: "
-                         f"{(str(err).splitlines() or [''])[0][:200]})")
+    # The URI and the client's message may both carry user:password@ (basic auth): never print it.
+    return AugPaintError(f"MLflow at {redact(uri)}: unreachable or failing ({type(err).__name__}: "
+                         f"{redact((str(err).splitlines() or [''])[0][:200])})")
 
 
 def start_parent_run(uri: str | None, experiment: str, run_name: str, tags: dict[str, str] | None = None,
@@ -368,7 +377,9 @@ def stage_run(uri: str | None, parent_run_id: str | None, stage: str, params: di
         except Exception as err:  # noqa: BLE001 - unreachable, 5xx, timeouts: go offline
             spool.went_down(err)
     if missing_parent:
-        raise AugPaintError(f"MLflow at {uri}: parent run {parent_run_id} not found")
+        from .storage import redact
+
+        raise AugPaintError(f"MLflow at {redact(uri)}: parent run {parent_run_id} not found")
     if not run_id:
         run_id = OFFLINE_PREFIX + uuid.uuid4().hex
         spool.add(run_id, {"op": "create", "experiment": "augpaint", "name": stage, "tags": tags,
@@ -437,8 +448,13 @@ def _replay(client, uri: str, bundle: str, rec: dict, ids: dict[str, str], made:
         for k, v in rec["tags"].items():
             client.set_tag(run, k, v)
     elif op in ("image", "artifact"):
-        local = Path(tmp) / rec["file"]
-        storage.download(storage.join(b, rec["file"]), local)
+        # The bundle is untrusted input: its file names must stay inside the bundle (and our temp folder).
+        rel = storage.safe_relpath(rec["file"], f"{b}/{SPOOL_RECORDS}: file")
+        for key in ("name", "folder"):
+            if rec.get(key) not in (None, "") and key in rec:
+                storage.safe_relpath(rec[key], f"{b}/{SPOOL_RECORDS}: {key}")
+        local = Path(tmp) / rel
+        storage.download(storage.join(b, rel), local)
         if op == "image":
             named = Path(tmp) / "named" / Path(rec["name"]).name
             named.parent.mkdir(parents=True, exist_ok=True)
@@ -446,7 +462,7 @@ def _replay(client, uri: str, bundle: str, rec: dict, ids: dict[str, str], made:
             folder = str(Path(rec["name"]).parent)
             client.log_artifact(run, str(named), None if folder == "." else folder)
         else:
-            named = Path(tmp) / "named" / local.name.split("-", 1)[1]
+            named = Path(tmp) / "named" / local.name.split("-", 1)[-1]
             named.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, named)
             client.log_artifact(run, str(named), rec["folder"])
@@ -459,6 +475,25 @@ def _replay(client, uri: str, bundle: str, rec: dict, ids: dict[str, str], made:
                     f"tags.`kfp.pipeline_run_id` = '{rec['kfp_run_id']}'")):
                 if r.info.status == "RUNNING":
                     client.set_terminated(r.info.run_id, status=rec["status"])
+
+
+SPOOL_OPS = ("create", "params", "metrics", "tags", "image", "artifact", "terminate", "close")
+
+
+def _read_records(bundle: str) -> list[dict]:
+    """The records of a spool bundle, checked for shape (a bundle is untrusted input)."""
+    from . import storage
+
+    where = storage.join(bundle, SPOOL_RECORDS)
+    try:
+        records = [json.loads(line) for line in storage.read_bytes(where).decode("utf-8").splitlines()
+                   if line.strip()]
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise AugPaintError(f"{where}: corrupt spool bundle ({type(err).__name__}: {str(err)[:200]})") from None
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, dict) or rec.get("op") not in SPOOL_OPS or not isinstance(rec.get("run", ""), str):
+            raise AugPaintError(f"{where}: line {i}: not a tracking record (op must be one of {', '.join(SPOOL_OPS)})")
+    return records
 
 
 def sync_spool(uri: str | None, spool: str | None = None) -> int:
@@ -485,13 +520,21 @@ def sync_spool(uri: str | None, spool: str | None = None) -> int:
     for b in storage.list_uris(root, recursive=False):  # mappings made by earlier syncs
         done = storage.join(b.rstrip("/"), SPOOL_SYNCED)
         if storage.exists(done):
-            ids.update(json.loads(storage.read_bytes(done)).get("ids", {}))
+            try:
+                got = json.loads(storage.read_bytes(done)).get("ids", {})
+                ids.update({str(k): str(v) for k, v in got.items()})
+            except (ValueError, AttributeError, TypeError) as err:
+                log.warning("sync-tracking: %s: corrupt, its run ids are not reused (%s)", done, err)
     for b in bundles:
         made: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            records = [json.loads(line) for line in storage.read_bytes(storage.join(b, SPOOL_RECORDS)).decode()
-                       .splitlines() if line.strip()]
             errors = []
+            try:
+                records = _read_records(b)
+            except AugPaintError as err:
+                # A corrupt bundle is skipped (and marked, so it cannot block later ones); nothing is deleted.
+                log.warning("sync-tracking: skipped %s", err)
+                records, errors = [], [{"op": None, "error": str(err)}]
             for rec in records:
                 try:
                     _replay(client, uri, b, rec, ids, made, tmp)
@@ -502,9 +545,10 @@ def sync_spool(uri: str | None, spool: str | None = None) -> int:
                         raise _unreachable(uri, err) from None
                     # A record the server refuses for good is noted, so it cannot block later bundles.
                     errors.append({"op": rec.get("op"), "error": f"{type(err).__name__}: {str(err)[:300]}"})
-                    log.warning("sync-tracking: %s: record %s refused (%s)", b, rec.get("op"), err)
+                    log.warning("sync-tracking: %s: record %s refused (%s)", b, rec.get("op"),
+                                storage.redact(str(err)))
             marker = Path(tmp) / SPOOL_SYNCED
-            marker.write_text(json.dumps({"ids": made, "synced": time.time(), "tracking_uri": uri,
+            marker.write_text(json.dumps({"ids": made, "synced": time.time(), "tracking_uri": storage.redact(uri),
                                           "errors": errors}))
             storage.upload_file(marker, storage.join(b, SPOOL_SYNCED))
     return len(bundles)

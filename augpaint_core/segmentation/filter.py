@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..infra.artifacts import atomic_dir, write_artifact_meta
-from ..data.dataset import load_dataset, save_dataset
+from ..data.dataset import load_dataset, save_dataset, require_provenance
 from ..config import AugPaintConfig
 from ..errors import AugPaintError
 from ..generative.masks import box_mask
@@ -129,6 +129,7 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
     syn = load_dataset(synthetic)
     if len(syn.records) == 0:
         raise AugPaintError(f"{synthetic}: no synthetic samples to filter")
+    require_provenance(syn, ("source_index",), synthetic, "a synthetic dataset from inpaint or rand-aug")
     if syn.images.shape[1:] != ds.images.shape[1:] or syn.class_names != ds.class_names:
         raise AugPaintError(f"{synthetic}: classes/size {syn.class_names} {syn.images.shape[1:]} do not match "
                             f"{dataset}")

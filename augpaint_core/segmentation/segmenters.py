@@ -226,12 +226,55 @@ def perturb_features(model: nn.Module, arch: str, p: float = 0.5) -> Iterator[No
         handle.remove()
 
 
+def _segmenter_meta(p: Path) -> None:
+    """Check a segmenter's files against the ``artifact.json`` that records them: its own (train-seg) or
+    the enclosing filter artifact's (a ``scorer/`` folder)."""
+    from ..infra.artifacts import ARTIFACT_FILE, verify_artifact
+
+    if (p / ARTIFACT_FILE).is_file():
+        verify_artifact(p, kind="model")
+    elif p.name == "scorer" and (p.parent / ARTIFACT_FILE).is_file():
+        verify_artifact(p.parent, only=(f"{p.name}/segmenter.pt", f"{p.name}/segmenter.json"))
+    else:
+        raise AugPaintError(f"{p}: not a complete segmenter artifact (no {ARTIFACT_FILE}); was its stage "
+                            f"interrupted?")
+
+
 def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """A trained segmenter artifact (``segmenter.pt`` + ``segmenter.json``), in eval mode, with its info."""
+    """A trained segmenter artifact (``segmenter.pt`` + ``segmenter.json``), in eval mode, with its info.
+
+    The files are checked against their recorded hashes and ``segmenter.json`` against the weights
+    (architecture, features, classes) before anything is loaded; each problem is one line naming the file.
+    """
+    from pydantic import ValidationError
+
     p = Path(path)
     if not (p / "segmenter.pt").is_file():
         raise AugPaintError(f"{path}: not a segmenter artifact (no segmenter.pt)")
-    info = json.loads((p / "segmenter.json").read_text())
-    model = build_segmenter(SegConfig.model_validate(info["seg_config"]), info["num_classes"], info.get("image_size"))
-    model.load_state_dict(torch.load(p / "segmenter.pt", weights_only=True))
+    if not (p / "segmenter.json").is_file():
+        raise AugPaintError(f"{p / 'segmenter.json'}: missing; {path} is not a complete segmenter artifact")
+    _segmenter_meta(p)
+    try:
+        info = json.loads((p / "segmenter.json").read_text())
+        if not isinstance(info, dict):
+            raise ValueError("expected a JSON object")
+        nc, size = info["num_classes"], info.get("image_size")
+        if not isinstance(nc, int) or nc < 2 or not (size is None or isinstance(size, int)):
+            raise ValueError("num_classes/image_size must be integers")
+        seg_cfg = SegConfig.model_validate(info["seg_config"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, ValidationError) as err:
+        msg = str(err).splitlines()[0][:200] if not isinstance(err, KeyError) else f"field {err} missing"
+        raise AugPaintError(f"{p / 'segmenter.json'}: corrupt ({msg})") from None
+    model = build_segmenter(seg_cfg, nc, size)
+    try:
+        state = torch.load(p / "segmenter.pt", weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - truncated zip, foreign or malicious pickle (weights_only refuses)
+        raise AugPaintError(f"{p / 'segmenter.pt'}: unreadable or unsafe weights ({type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0][:160]})") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise AugPaintError(f"{p / 'segmenter.pt'}: weights do not fit the architecture in segmenter.json "
+                            f"(arch {seg_cfg.arch}, features {list(seg_cfg.features)}): "
+                            f"{(str(err).splitlines() or [''])[0][:160]}") from None
     return model.eval(), info

@@ -69,8 +69,10 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
                 problems.append(Problem(str(img), f"{pid}_{phase}", f"{img}: {phase} frame {f} named in "
                                                                      f"Info.cfg is missing"))
                 continue
-            cases.append(Case(f"{pid}_{phase}", pid, (str(img),), str(gt) if gt.is_file() else None,
-                              params=(("frame", f), ("phase", phase))))
+            if not gt.is_file():  # ED/ES frames are labeled in ACDC: a missing _gt is an error, not unlabeled data
+                problems.append(Problem(str(gt), f"{pid}_{phase}", f"{gt}: label of the {phase} frame is missing"))
+                continue
+            cases.append(Case(f"{pid}_{phase}", pid, (str(img),), str(gt), params=(("frame", f), ("phase", phase))))
     return Source("acdc", "ACDC", str(root), list(CLASSES), cases, problems=problems,
                   reader={"allowed": [0, 1, 2, 3]})
 

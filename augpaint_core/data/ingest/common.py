@@ -236,6 +236,16 @@ def volume_to_slices(channels: list[np.ndarray], label: np.ndarray | None, zooms
     return to_rgb_uint8(img), lab
 
 
+def check_intensities(data: np.ndarray, path: str | Path) -> None:
+    """Refuse NaN/Inf voxels and blank (all-zero) images: they would become black slices that keep their labels."""
+    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise AugPaintError(f"{path}: {bad} of {data.size} voxels are NaN or infinite")
+    if not np.any(data):
+        raise AugPaintError(f"{path}: image is blank (every voxel is 0)")
+
+
 def read_volume_case(case: Case, modalities: list[str], channel_index: list[int], reader: dict,
                      size: int, allowed: set[int], mapping: dict[int, int] | None, allowed_desc: str
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -268,6 +278,7 @@ def read_volume_case(case: Case, modalities: list[str], channel_index: list[int]
             ref_shape, ref_aff = data.shape, aff
         else:
             check_same_grid(ref_shape, ref_aff, data.shape, aff, path, "channel")
+        check_intensities(data, path)
         canon, zooms = to_canonical(data, aff)
         vols.append(normalise(canon, mod, tuple(reader["ct_window"]), tuple(reader["mri_percentiles"])))
     del cache
@@ -298,6 +309,8 @@ def read_image_2d(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     except Exception as err:  # PIL raises many types for truncated or corrupt files
         raise AugPaintError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
     arr = np.asarray(im, np.float32).transpose(2, 0, 1)[None] / 255.0
+    if not arr.any():
+        raise AugPaintError(f"{path}: image is blank (every pixel is 0)")
     return to_rgb_uint8(resize(arr, size, "bilinear")), orig
 
 

@@ -56,7 +56,16 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
     if "channel_names" not in meta or "labels" not in meta:
         raise AugPaintError(f"{where}: needs 'channel_names' and 'labels' (nnU-Net v2); an MSD dataset.json has "
                             f"'modality' instead, use --format msd")
-    names = {int(k): str(v) for k, v in meta["channel_names"].items()}
+    if not isinstance(meta["channel_names"], dict):
+        raise AugPaintError(f"{where}: 'channel_names' must map channel numbers to names, e.g. {{\"0\": \"T2\"}}, "
+                            f"got a {type(meta['channel_names']).__name__}")
+    try:
+        names = {int(k): str(v) for k, v in meta["channel_names"].items()}
+    except ValueError:
+        raise AugPaintError(f"{where}: 'channel_names' keys must be channel numbers (\"0\", \"1\", ...), got "
+                            f"{list(meta['channel_names'])}") from None
+    if not names or any(k < 0 for k in names):
+        raise AugPaintError(f"{where}: 'channel_names' must list channels 0, 1, ...")
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in ENDINGS:
         raise AugPaintError(f"{where}: file_ending {ending!r} not supported (one of {', '.join(ENDINGS)})")
@@ -92,8 +101,14 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
             problems.append(Problem(str(f), cid, f"{f}: image channel {missing[0]} "
                                                    f"({names.get(missing[0], '?')}) is missing"))
             continue
-        cases.append(Case(cid, cid, tuple(str(files[i]) for i in sorted(files)),
-                          str(labels[cid]) if cid in labels else None))
+        if cid not in labels:
+            # imagesTr is labeled data by definition (unlabeled cases live in imagesTs): a lost label file is an
+            # error, never a silent switch to unlabeled data.
+            f = root / "labelsTr" / f"{cid}{ending}"
+            problems.append(Problem(str(f), cid, f"{f}: label file missing for training case {cid} (its image is "
+                                                 f"in imagesTr; unlabeled cases belong in imagesTs)"))
+            continue
+        cases.append(Case(cid, cid, tuple(str(files[i]) for i in sorted(files)), str(labels[cid])))
     for cid, files in sorted(cases_in(root / "imagesTs").items()):
         if all(i in files for i in ([0] if png else names)):
             cases.append(Case(f"ts_{cid}", f"ts_{cid}", tuple(str(files[i]) for i in sorted(files)), None))

@@ -46,6 +46,10 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
                 continue
             seen.add(cid)
             lab = next((q for q in (labdir / f"label{num}.nii.gz", labdir / f"label{num}.nii") if q.is_file()), None)
+            if lab is None and labdir.is_dir():  # a label folder beside it: this image's label was lost
+                f = labdir / f"label{num}.nii.gz"
+                problems.append(Problem(str(f), cid, f"{f}: label file missing for {p.name} (its folder has labels)"))
+                continue
             cases.append(Case(cid, cid, (str(p),), str(lab) if lab else None))
     if not any(c.label for c in cases):
         raise AugPaintError(f"{root}: no label/labelNNNN.nii.gz beside any img folder; the dataset has no labels")
