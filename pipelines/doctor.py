@@ -135,14 +135,15 @@ def check_kfp_version(kube: Kube, host: str | None, namespace: str | None = None
     need = ".".join(map(str, MIN_KFP_BACKEND))
     fix = f"upgrade Kubeflow Pipelines to {need} or newer (Kubeflow 1.11 or newer)"
     if host:
+        from augpaint_core.infra.storage import redact
         from pipelines.client import backend_version, connect
 
         try:
             tag, _ = backend_version(connect(host, namespace))
         except Exception as err:  # noqa: BLE001 - an AugPaintError or an HTTP error from the client
-            return Check("kfp-version", "FAIL", f"KFP API at {host}: {' '.join(str(err).split())[:160]}",
+            return Check("kfp-version", "FAIL", f"KFP API at {redact(host)}: {redact(' '.join(str(err).split())[:160])}",
                          "check --host (the KFP API or the gateway's /pipeline) and $KFP_TOKEN")
-        where = f"KFP API at {host}"
+        where = f"KFP API at {redact(host)}"
     else:
         try:
             dep = kube.get(f"/apis/apps/v1/namespaces/{KFP_NAMESPACE}/deployments/ml-pipeline")
