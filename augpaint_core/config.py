@@ -105,6 +105,8 @@ class LDMConfig(_Strict):
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the U-Net weights (0 disables)")
     conditional: bool = Field(False, description="cond AugPaint: the masked-image latent is concatenated with z_t "
                                                  "(2x latent channels in); trained with random box/irregular masks")
+    hflip: bool = Field(False, description="train on horizontally mirrored images too; off as in the paper "
+                                           "(section 4.4: no flipping), since mirrored anatomy is wrong anatomy")
 
     @model_validator(mode="after")
     def _check(self) -> "LDMConfig":
