@@ -1,6 +1,7 @@
 """Experiment harness: the paper's comparison (Table 1 layout) over independent splits and labeled counts.
 
-For every split (seed = ``cfg.seed + split``) and labeled count k, in process (no KFP):
+For every split (seed = ``cfg.seed + split``; ``data.split_seed + split`` too when the config sets it) and
+labeled count k, in process (no KFP):
 
 - preprocess the data with k labeled cases (the patient split depends on the split seed only, and the
   labeled cases of a smaller k are a subset of a larger k's);
@@ -73,6 +74,23 @@ def _variant_cfg(cfg: AugPaintConfig, semi: bool) -> AugPaintConfig:
     return c
 
 
+def split_config(cfg: AugPaintConfig, split: int) -> AugPaintConfig:
+    """The config of split ``split``: ``seed`` and, when the config sets it, ``data.split_seed`` both offset.
+
+    Offsetting only ``seed`` would leave a set ``data.split_seed`` (which wins for the patient split)
+    the same for every split: three "independent" splits with one patient partition.
+
+    Args:
+        cfg: base config.
+        split: split index (seed offset).
+    """
+    c = cfg.model_copy(deep=True)
+    c.seed = cfg.seed + split
+    if cfg.data.split_seed is not None:
+        c.data.split_seed = cfg.data.split_seed + split
+    return c
+
+
 def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], variants: list[str],
               on_result: Callable[[str, int, int, dict, dict], None]) -> None:
     """All variants of one split, for every labeled count.
@@ -95,8 +113,7 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
     from .generative.train_ldm import train_ldm
     from .segmentation.train_seg import train_seg
 
-    base = cfg.model_copy(deep=True)
-    base.seed = cfg.seed + split
+    base = split_config(cfg, split)
     pools = {VARIANTS[v][1] for v in variants} - {None}
     shared: dict[str, Path] = {}
     for k in labeled:

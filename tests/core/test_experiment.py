@@ -101,3 +101,23 @@ def test_cli_rejects_bad_experiment_arguments(tmp_path, capsys):
     assert main(base + ["--labeled", "1,x"]) == 2
     assert "--labeled" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("split_seed", [None, 7])
+def test_three_splits_give_three_patient_partitions(split_seed):
+    """Defect 9: with data.split_seed set, the splits used to share one patient partition."""
+    from augpaint_core.config import parse_config
+    from augpaint_core.data.preprocess import split_patients
+    from augpaint_core.experiment import split_config
+
+    d = tiny_dict()
+    d["data"]["split_seed"] = split_seed
+    cfg = parse_config(d, "tiny")
+    patients = [f"p{i:02d}" for i in range(20)]
+    parts = []
+    for split in range(3):
+        c = split_config(cfg, split)
+        seed = c.seed if c.data.split_seed is None else c.data.split_seed  # as preprocess chooses it
+        assignment, _ = split_patients(patients, c.data.split, seed)
+        parts.append(tuple(sorted(assignment.items())))
+    assert len(set(parts)) == 3
