@@ -48,6 +48,10 @@ class DataConfig(_Strict):
     mri_percentiles: tuple[float, float] = (0.5, 99.5)
     shard_size: PositiveInt = Field(512, description="slices per dataset shard")
     workers: int = Field(0, ge=0, description="preprocess processes; 0 = one per CPU core (at most 8)")
+    official_test_images: bool = Field(
+        False, description="use the dataset's official unlabeled test images (nnU-Net imagesTs, MSD test, Synapse "
+                           "Testing, ISIC Test_Input) as unlabeled generator training data; off as in the paper, "
+                           "which trains solely on the training set")
     on_error: Literal["fail", "skip"] = Field("fail", description="a bad case stops the run, or is skipped and "
                                                                   "reported")
     phantom: PhantomConfig = PhantomConfig()
@@ -142,7 +146,8 @@ class InpaintConfig(_Strict):
                             "RePaint baseline (needs a train-pixel model instead of AE + LDM)")
     num_inference_steps: PositiveInt = 50
     samples_per_pair: PositiveInt = 5
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta; 1 = the paper's stochastic DDIM (Algorithm 1's "
+                                                        "tau_t), 0 = deterministic")
     known_noise: Literal["fresh", "fixed"] = Field(
         "fresh", description="noise of the known region: a fresh draw every step (Algorithm 1) or one fixed draw")
     mask: Literal["box", "label"] = Field(

@@ -172,6 +172,9 @@ def _mean_std(x: list[float]) -> tuple[float, float]:
 def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> dict:
     """Mean ± std over splits per variant and k, and the AugPaint - baseline gap per split."""
     out: dict = {"rows": [], "gaps": []}
+    units = {r.get("hd95_unit", "px") for r in results}
+    out["hd95_unit"] = units.pop() if len(units) == 1 else "mixed"
+    out["mean_over"] = results[0].get("mean_over", "classes") if results else "classes"
     for v in variants:
         for k in labeled:
             rs = [r for r in results if r["variant"] == v and r["labeled"] == k]
@@ -196,16 +199,17 @@ def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> d
 
 
 def markdown(summary: dict, variants: list[str], labeled: list[int], title: str) -> str:
-    """Table 1 layout: one row per method, one column per labeled count; Dice % then HD95 px."""
+    """Table 1 layout: one row per method, one column per labeled count; Dice % then HD95 (unit in the summary)."""
     cell = {(r["variant"], r["labeled"]): r for r in summary["rows"]}
     head = "| Method | " + " | ".join(f"{k} case{'s' if k > 1 else ''}" for k in labeled) + " |"
     sep = "|---|" + "---|" * len(labeled)
-    lines = [f"# {title}", "", "Mean Dice (%) ± std over splits:", "", head, sep]
+    over = summary.get("mean_over", "classes")
+    lines = [f"# {title}", "", f"Mean Dice (%) over the {over} ± std over splits:", "", head, sep]
     for v in variants:
         lines.append(f"| {VARIANTS[v][0]} | " + " | ".join(
             f"{cell[v, k]['dice_mean']:.2f} ± {cell[v, k]['dice_std']:.2f}" if (v, k) in cell else "-"
             for k in labeled) + " |")
-    lines += ["", "Mean HD95 (px) ± std over splits:", "", head, sep]
+    lines += ["", f"Mean HD95 ({summary.get('hd95_unit', 'px')}) ± std over splits:", "", head, sep]
     for v in variants:
         lines.append(f"| {VARIANTS[v][0]} | " + " | ".join(
             f"{cell[v, k]['hd95_mean']:.2f} ± {cell[v, k]['hd95_std']:.2f}" if (v, k) in cell else "-"
@@ -357,7 +361,9 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
 
     def on_result(v: str, split: int, k: int, ev: dict, extra: dict) -> None:
         rec = {"variant": v, "split": split, "labeled": k, "mean_dice": ev["mean"]["dice"],
-               "mean_hd95": ev["mean"]["hd95"], "per_class": ev["per_class"], "per_region": ev.get("per_region"),
+               "mean_hd95": ev["mean"]["hd95"], "mean_over": ev["mean_over"], "hd95_unit": ev["hd95_unit"],
+               "class_mean_dice": ev["class_mean"]["dice"],
+               "per_class": ev["per_class"], "per_region": ev.get("per_region"),
                "num_test_cases": ev["num_cases"], **extra}
         results.append(rec)
         (out / "results.partial.json").write_text(json.dumps(results, indent=1))

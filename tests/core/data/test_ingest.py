@@ -25,3 +25,23 @@ def test_adapter_detects_scans_and_reads_its_layout(tmp_path, fake):
     assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (32, 32, 3)
     assert labels.dtype == np.uint8 and labels.shape == images.shape[:3]
     assert 0 < labels.max() <= len(src.class_names)
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1)])
+def test_slice_spacing_is_the_header_spacing_after_the_resize(tmp_path, perm):
+    """HD95 in mm needs (through-plane, row, column) spacing of the stacked slices, whatever the file's axis order."""
+    import nibabel as nib
+
+    from augpaint_core.data.ingest import Case, slice_spacing
+
+    zooms, shape = np.array([0.8, 0.7, 5.0]), np.array([40, 50, 6])  # RAS axes; z is the coarse one
+    aff = np.eye(4)
+    aff[:3, :3] = 0
+    for file_axis, ras_axis in enumerate(perm):  # file axis i stores RAS axis perm[i]
+        aff[ras_axis, file_axis] = zooms[ras_axis]
+    f = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(tuple(shape[list(perm)]), np.float32), aff), f)
+    sp = slice_spacing(Case("c", "c", (str(f),), None), 32)
+    assert sp == pytest.approx([5.0, 0.8 * 40 / 32, 0.7 * 50 / 32])
+    png = tmp_path / "x.png"
+    assert slice_spacing(Case("c", "c", (str(png),), None), 32) is None
