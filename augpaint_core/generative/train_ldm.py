@@ -1,7 +1,9 @@
 """Train LDM: the denoising U-Net in the AE's latent space (DDPM eps-prediction loss, EMA weights).
 
 The unconditional model (the default, Algorithm 1) trains on precomputed
-latents of every training image and its mirror image. The conditional model
+latents of every training image (and its mirror image only with ``ldm.hflip``:
+the paper trains "without flipping or rotation", and mirrored anatomy is wrong
+anatomy for ACDC and Synapse). The conditional model
 (``ldm.conditional``, the paper's "cond AugPaint") sees [z_t, E(masked image)]
 and learns from random box/irregular keep-masks (``masks.py``), so it needs no
 labels. Training runs through accelerate like train-ae (mixed precision,

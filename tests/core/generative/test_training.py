@@ -277,3 +277,23 @@ def test_generator_step_does_not_train_the_discriminator():
     generator_gan_loss(disc, fake).backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     assert all(p.grad is None for p in disc.parameters()) and all(p.requires_grad for p in disc.parameters())
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_ldm_sees_mirrored_images_only_with_hflip(data, tmp_path, monkeypatch, conditional):
+    """Defect 5: the paper trains the LDM without flipping; ldm.hflip (default off) brings mirroring back."""
+    from augpaint_core.generative import train_ldm as mod
+
+    seen: list[str] = []
+    latents, flipped = mod._latents, mod.flipped_batch
+    monkeypatch.setattr(mod, "_latents", lambda ae, im, idx, flip, *a, **k: (seen.append(f"latents flip={flip}"),
+                                                                             latents(ae, im, idx, flip, *a, **k))[1])
+    monkeypatch.setattr(mod, "flipped_batch", lambda *a, **k: (seen.append("flipped batch"), flipped(*a, **k))[1])
+    for hflip in (False, True):
+        seen.clear()
+        train_ldm(cfg_with(f"ldm.hflip={str(hflip).lower()}", f"ldm.conditional={str(conditional).lower()}"),
+                  data / "ds", data / "ae", tmp_path / f"ldm_{hflip}")
+        mirrored = "flipped batch" in seen or "latents flip=True" in seen
+        assert mirrored == hflip, seen
+        assert seen or (conditional and not hflip)  # the unconditional path always encodes latents
+    assert cfg_with().ldm.hflip is False
