@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test compile clean venv lock image manifests
+.PHONY: demo test test-fast tools compile clean venv lock image manifests
 
 venv: $(STAMP)
 
@@ -23,8 +23,18 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/augpaint run --config configs/demo.yaml --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest tests
+# The tests render the manifests with kubectl and stamp image tags with git: say so once, up front.
+tools:
+	@missing=""; for t in kubectl git; do command -v $$t > /dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then echo "make test: needs$$missing on PATH (kubectl renders manifests/, git stamps image tags); install them and rerun" >&2; exit 2; fi
+
+# Everything, with the 15 slowest tests listed (CI: .ci/run).
+test: tools $(STAMP)
+	$(BIN)/python -m pytest --durations=15 tests
+
+# Without the tests marked slow (pipelines end to end, servers, multi-process training).
+test-fast: tools $(STAMP)
+	$(BIN)/python -m pytest --durations=15 -m "not slow" tests
 
 compile: $(STAMP)
 	$(BIN)/augpaint compile --out augpaint_pipeline.yaml

@@ -49,6 +49,10 @@ class DataConfig(_Strict):
     mri_percentiles: tuple[float, float] = (0.5, 99.5)
     shard_size: PositiveInt = Field(512, description="slices per dataset shard")
     workers: int = Field(0, ge=0, description="preprocess processes; 0 = one per CPU core (at most 8)")
+    official_test_images: bool = Field(
+        False, description="use the dataset's official unlabeled test images (nnU-Net imagesTs, MSD test, Synapse "
+                           "Testing, ISIC Test_Input) as unlabeled generator training data; off as in the paper, "
+                           "which trains solely on the training set")
     on_error: Literal["fail", "skip"] = Field("fail", description="a bad case stops the run, or is skipped and "
                                                                   "reported")
     phantom: PhantomConfig = PhantomConfig()
@@ -106,6 +110,8 @@ class LDMConfig(_Strict):
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the U-Net weights (0 disables)")
     conditional: bool = Field(False, description="cond AugPaint: the masked-image latent is concatenated with z_t "
                                                  "(2x latent channels in); trained with random box/irregular masks")
+    hflip: bool = Field(False, description="train on horizontally mirrored images too; off as in the paper "
+                                           "(section 4.4: no flipping), since mirrored anatomy is wrong anatomy")
 
     @model_validator(mode="after")
     def _check(self) -> "LDMConfig":
@@ -141,7 +147,8 @@ class InpaintConfig(_Strict):
                             "RePaint baseline (needs a train-pixel model instead of AE + LDM)")
     num_inference_steps: PositiveInt = 50
     samples_per_pair: PositiveInt = 5
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta; 1 = the paper's stochastic DDIM (Algorithm 1's "
+                                                        "tau_t), 0 = deterministic")
     known_noise: Literal["fresh", "fixed"] = Field(
         "fresh", description="noise of the known region: a fresh draw every step (Algorithm 1) or one fixed draw")
     mask: Literal["box", "label"] = Field(

@@ -13,7 +13,8 @@ One round (the ``augpaint-expansion`` pipeline, or ``augpaint expand`` locally):
    (of cases still in training) + the new filtered ones; manifest with parent, counts
    and hashes (see :mod:`augpaint_core.versions`).
 6. train the segmenter on the version, ``expand-promote``: evaluate it and the current
-   ``<prefix>-seg@champion`` on the same test split; move the alias only if it is better.
+   ``<prefix>-seg@champion`` on the same val split; move the alias only if it is better there
+   (the test split is reported, never used to decide).
 """
 from __future__ import annotations
 
@@ -276,33 +277,40 @@ def promote(cfg: AugPaintConfig, out: str | Path, *, dataset: str | Path, candid
             tracking_uri: str | None, force: bool = False, tracker=None) -> Path:
     """Stage expand-promote: register the new segmenter; make it ``champion`` only if it beats the current one.
 
-    Both are evaluated on the same test split of ``dataset``; ``out/metrics.json`` has the
-    numbers and the decision.
+    The decision uses the val split of ``dataset``: deciding on test would turn the test score of a
+    recurring job into an optimistic maximum over rounds. Both models' test numbers are reported beside
+    it, never used. ``out/metrics.json`` has the numbers and the decision.
     """
     from .segmentation.evaluate import evaluate_model
     from .infra.tracking import download_model, register_model, set_alias
 
     ds = load_dataset(dataset)
     name = f"{prefix}-seg"
-    new = evaluate_model(candidate, ds, "test")
+    new = {s: evaluate_model(candidate, ds, s) for s in ("val", "test")}
     with tempfile.TemporaryDirectory() as scratch:
         champ_dir = download_model(tracking_uri, name, CHAMPION, Path(scratch) / "champion")
-        champ = evaluate_model(champ_dir, ds, "test") if champ_dir is not None else None
+        champ = {s: evaluate_model(champ_dir, ds, s) for s in ("val", "test")} if champ_dir is not None else None
     if tracker is None or tracker.offline:
         raise AugPaintError(f"expand-promote: the registry ({name}) needs a reachable MLflow server")
     version = register_model(tracking_uri, name, candidate, tracker.run_id)
-    better = champ is None or new["mean"]["dice"] > champ["mean"]["dice"]
+    better = champ is None or new["val"]["mean"]["dice"] > champ["val"]["mean"]["dice"]
     if better:
         set_alias(tracking_uri, name, CHAMPION, version)
-    result: dict[str, Any] = {"candidate": new["mean"], "champion": champ["mean"] if champ else None,
+    result: dict[str, Any] = {"decided_on": "val", "candidate": new["val"]["mean"],
+                              "champion": champ["val"]["mean"] if champ else None,
+                              "test": {"candidate": new["test"]["mean"],
+                                       "champion": champ["test"]["mean"] if champ else None},
                               "registered_version": version, "promoted": better, "model": name}
     with atomic_dir(out, force=force) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
         write_artifact_meta(tmp, kind="report", stage="expand-promote", config=cfg.model_dump(mode="json"),
                             seed=cfg.seed, inputs={"dataset": dataset, "candidate": candidate}, extra=result)
-    tracker.log_metrics({"candidate_mean_dice": new["mean"]["dice"], "promoted": float(better),
-                         **({"champion_mean_dice": champ["mean"]["dice"]} if champ else {})})
-    tracker.set_tags({"augpaint.promoted": str(better).lower(), "augpaint.seg_version": str(version)})
+    tracker.log_metrics({"candidate_mean_dice": new["val"]["mean"]["dice"], "promoted": float(better),
+                         "candidate_test_mean_dice": new["test"]["mean"]["dice"],
+                         **({"champion_mean_dice": champ["val"]["mean"]["dice"],
+                             "champion_test_mean_dice": champ["test"]["mean"]["dice"]} if champ else {})})
+    tracker.set_tags({"augpaint.promoted": str(better).lower(), "augpaint.seg_version": str(version),
+                      "augpaint.promotion_split": "val"})
     return Path(out)
 
 

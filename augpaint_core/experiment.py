@@ -1,6 +1,7 @@
 """Experiment harness: the paper's comparison (Table 1 layout) over independent splits and labeled counts.
 
-For every split (seed = ``cfg.seed + split``) and labeled count k, in process (no KFP):
+For every split (seed = ``cfg.seed + split``; ``data.split_seed + split`` too when the config sets it) and
+labeled count k, in process (no KFP):
 
 - preprocess the data with k labeled cases (the patient split depends on the split seed only, and the
   labeled cases of a smaller k are a subset of a larger k's);
@@ -73,6 +74,23 @@ def _variant_cfg(cfg: AugPaintConfig, semi: bool) -> AugPaintConfig:
     return c
 
 
+def split_config(cfg: AugPaintConfig, split: int) -> AugPaintConfig:
+    """The config of split ``split``: ``seed`` and, when the config sets it, ``data.split_seed`` both offset.
+
+    Offsetting only ``seed`` would leave a set ``data.split_seed`` (which wins for the patient split)
+    the same for every split: three "independent" splits with one patient partition.
+
+    Args:
+        cfg: base config.
+        split: split index (seed offset).
+    """
+    c = cfg.model_copy(deep=True)
+    c.seed = cfg.seed + split
+    if cfg.data.split_seed is not None:
+        c.data.split_seed = cfg.data.split_seed + split
+    return c
+
+
 def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], variants: list[str],
               on_result: Callable[[str, int, int, dict, dict], None]) -> None:
     """All variants of one split, for every labeled count.
@@ -95,8 +113,7 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
     from .generative.train_ldm import train_ldm
     from .segmentation.train_seg import train_seg
 
-    base = cfg.model_copy(deep=True)
-    base.seed = cfg.seed + split
+    base = split_config(cfg, split)
     pools = {VARIANTS[v][1] for v in variants} - {None}
     shared: dict[str, Path] = {}
     for k in labeled:
@@ -166,6 +183,9 @@ def paired_ci95(diffs: list[float]) -> tuple[float | None, float | None]:
 def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> dict:
     """Mean ± std over splits per variant and k, and the AugPaint - baseline gap per split."""
     out: dict = {"rows": [], "gaps": []}
+    units = {r.get("hd95_unit", "px") for r in results}
+    out["hd95_unit"] = units.pop() if len(units) == 1 else "mixed"
+    out["mean_over"] = results[0].get("mean_over", "classes") if results else "classes"
     for v in variants:
         for k in labeled:
             rs = [r for r in results if r["variant"] == v and r["labeled"] == k]
@@ -192,16 +212,17 @@ def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> d
 
 
 def markdown(summary: dict, variants: list[str], labeled: list[int], title: str) -> str:
-    """Table 1 layout: one row per method, one column per labeled count; Dice % then HD95 px."""
+    """Table 1 layout: one row per method, one column per labeled count; Dice % then HD95 (unit in the summary)."""
     cell = {(r["variant"], r["labeled"]): r for r in summary["rows"]}
     head = "| Method | " + " | ".join(f"{k} case{'s' if k > 1 else ''}" for k in labeled) + " |"
     sep = "|---|" + "---|" * len(labeled)
-    lines = [f"# {title}", "", "Mean Dice (%) ± std over splits:", "", head, sep]
+    over = summary.get("mean_over", "classes")
+    lines = [f"# {title}", "", f"Mean Dice (%) over the {over} ± std over splits:", "", head, sep]
     for v in variants:
         lines.append(f"| {VARIANTS[v][0]} | " + " | ".join(
             f"{cell[v, k]['dice_mean']:.2f} ± {cell[v, k]['dice_std']:.2f}" if (v, k) in cell else "-"
             for k in labeled) + " |")
-    lines += ["", "Mean HD95 (px) ± std over splits:", "", head, sep]
+    lines += ["", f"Mean HD95 ({summary.get('hd95_unit', 'px')}) ± std over splits:", "", head, sep]
     for v in variants:
         lines.append(f"| {VARIANTS[v][0]} | " + " | ".join(
             f"{cell[v, k]['hd95_mean']:.2f} ± {cell[v, k]['hd95_std']:.2f}" if (v, k) in cell else "-"
@@ -383,7 +404,9 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
 
     def on_result(v: str, split: int, k: int, ev: dict, extra: dict) -> None:
         rec = {"variant": v, "split": split, "labeled": k, "mean_dice": ev["mean"]["dice"],
-               "mean_hd95": ev["mean"]["hd95"], "per_class": ev["per_class"], "per_region": ev.get("per_region"),
+               "mean_hd95": ev["mean"]["hd95"], "mean_over": ev["mean_over"], "hd95_unit": ev["hd95_unit"],
+               "class_mean_dice": ev["class_mean"]["dice"],
+               "per_class": ev["per_class"], "per_region": ev.get("per_region"),
                "num_test_cases": ev["num_cases"], **extra}
         results.append(rec)
         (out / "results.partial.json").write_text(json.dumps(results, indent=1))
@@ -457,16 +480,14 @@ def pipeline_config(config_yaml: str, overrides: list[str]) -> AugPaintConfig:
 
     Args:
         config_yaml: the pipeline's config parameter.
-        overrides: ``key.path=value`` strings; ``split=N`` adds N to ``seed`` (the split's seed, as in-process).
+        overrides: ``key.path=value`` strings; ``split=N`` makes it split N's config (:func:`split_config`,
+            as in-process).
     """
     from .config import config_from_yaml_text
 
     split = [int(o[len(SPLIT_OVERRIDE):]) for o in overrides if o.startswith(SPLIT_OVERRIDE)]
     cfg = config_from_yaml_text(config_yaml, [o for o in overrides if not o.startswith(SPLIT_OVERRIDE)])
-    if split:
-        cfg = cfg.model_copy(deep=True)
-        cfg.seed = cfg.seed + split[-1]
-    return cfg
+    return split_config(cfg, split[-1]) if split else cfg
 
 
 def run_pipeline_stage(stage: str, config_yaml: str, overrides: list[str], out: str, *, tags: dict[str, str],

@@ -20,5 +20,7 @@ def split_runs(base, splits: int) -> Iterator[list[tuple[int, object, Path]]]:
         for split in range(splits):
             cfg = base.model_copy(deep=True)
             cfg.seed = split
+            if base.data.split_seed is not None:  # it wins over seed for the patient split
+                cfg.data.split_seed = base.data.split_seed + split
             runs.append((split, cfg, Path(tmp) / f"split{split}"))
         yield runs

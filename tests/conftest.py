@@ -73,3 +73,18 @@ def _mlflow_spool(tmp_path_factory):
         os.environ.pop("AUGPAINT_MLFLOW_SPOOL", None)
     else:
         os.environ["AUGPAINT_MLFLOW_SPOOL"] = old
+
+
+# Tests that `make test-fast` leaves out (-m "not slow"): whole pipelines, servers, multi-process training.
+SLOW_MODULES = ("tests/kfp/test_local_pipeline.py", "tests/kfp/test_expansion_local.py",
+                "tests/core/test_expansion.py",
+                "tests/core/infra/test_tracking_server.py", "tests/core/infra/test_cluster_faults.py")
+SLOW_TESTS = ("test_ddp_with_accelerate_launch_matches_one_process",)
+SLOW_FIXTURES = ("experiment",)  # the harness over 2 splits (tests/core/test_experiment.py)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        if path in SLOW_MODULES or item.originalname in SLOW_TESTS or set(SLOW_FIXTURES) & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

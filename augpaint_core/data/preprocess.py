@@ -29,7 +29,7 @@ from ..infra.artifacts import atomic_dir, write_artifact_meta
 from ..config import AugPaintConfig
 from .dataset import DatasetWriter, shard_hashes
 from ..errors import AugPaintError
-from .ingest import Case, Problem, Source, read_case, scan
+from .ingest import Case, Problem, Source, read_case, scan, slice_spacing
 from .phantom import write_phantom
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ def split_patients(patients: list[str], fractions: tuple[float, float, float], s
 
 
 def _read_job(job: tuple[str, Case, dict, int]) -> tuple[str, object]:
-    """Worker entry: ("ok", (images, labels)) or ("error", message naming the file)."""
+    """Worker entry: ("ok", (images, labels, spacing)) or ("error", message naming the file)."""
     fmt, case, reader, size = job
     try:
-        return "ok", read_case(fmt, case, reader, size)
+        return "ok", (*read_case(fmt, case, reader, size), slice_spacing(case, size))
     except AugPaintError as err:
         return "error", str(err)
     except Exception as err:  # an unexpected failure still names the case's files
@@ -175,6 +175,9 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
     order = {"train": 0, "val": 1, "test": 2}
     labeled.sort(key=lambda c: (order[split[c.patient_id]], rank.get(c.patient_id, 0), c.patient_id, c.case_id))
     unlabeled = sorted((c for c in source.cases if c.label is None), key=lambda c: c.case_id)
+    official_test = [c.case_id for c in unlabeled if c.param("official_test")]
+    if not d.official_test_images:  # the paper trains solely on the training set
+        unlabeled = [c for c in unlabeled if not c.param("official_test")]
     jobs = [(source.format, c, source.reader, d.image_size) for c in labeled + unlabeled]
     workers = num_workers(workers, len(jobs))
 
@@ -196,7 +199,7 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
             if status == "error":
                 problem(Problem(case.label or case.images[0], case.case_id, str(payload)))
                 continue
-            images, labels = payload  # type: ignore[misc]
+            images, labels, spacing = payload  # type: ignore[misc]
             if case.label is None:
                 sp, keep = "train", False
             else:
@@ -210,8 +213,10 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
                 labels = np.zeros_like(labels)  # the labels of S^u are not stored at all
             prov = {"dataset": source.name, "format": source.format, "files": [Path(f).name for f in case.images],
                     "label_file": Path(case.label).name if case.label else None, **dict(case.params)}
+            # spacing_mm (stacked slices: through-plane, row, column) lets evaluate report HD95 in mm
+            extra = {"spacing_mm": spacing} if spacing is not None else {}
             writer.add(images, labels, [{"case_id": case.case_id, "patient_id": case.patient_id, "slice_index": s,
-                                         "split": sp, "labeled": keep, "source": "real", "provenance": prov}
+                                         "split": sp, "labeled": keep, "source": "real", "provenance": prov, **extra}
                                         for s in range(len(images))])
             done_cases.append(case.case_id)
     finally:
@@ -232,6 +237,7 @@ def build_dataset(source: Source, cfg: AugPaintConfig, folder: Path, *, workers:
         "cases_read": len(done_cases), "cases_skipped": len({s["case_id"] for s in skipped}), "skipped": skipped,
         "num_slices": len(recs), "seconds": round(seconds, 3), "slices_per_s": round(len(recs) / max(seconds, 1e-9), 2),
         "labeled_patients": kept_patients,
+        "official_test_images": {"found": len(official_test), "used": d.official_test_images},
         "patients": {s: sorted({r["patient_id"] for r in recs if r["split"] == s}) for s in SPLITS},
         "slice_counts": {f"{s}_{'labeled' if lab else 'unlabeled'}":
                          sum(r["split"] == s and r["labeled"] == lab for r in recs)

@@ -23,6 +23,25 @@ from ..errors import AugPaintError
 LATENT_SAMPLERS = ("ddim", "dpmsolver++", "unipc")
 
 
+class KeptRegionUniPC(UniPCMultistepScheduler):
+    """UniPC whose corrector keeps AugPaint's known-region replacement.
+
+    diffusers' corrector rebuilds the current sample from the previous step's sample and ignores
+    the sample ``step`` is given, so the replaced known region would be lost before the predictor
+    runs (only the final paste would hide it). With ``kept = (keep, known)`` set for the step, the
+    corrected sample gets the known region back before the predictor uses it.
+    """
+
+    kept: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def multistep_uni_c_bh_update(self, *args, **kwargs) -> torch.Tensor:
+        x = super().multistep_uni_c_bh_update(*args, **kwargs)
+        if self.kept is None:
+            return x
+        keep, known = self.kept
+        return keep * known.to(x.dtype) + (1 - keep) * x
+
+
 def make_scheduler(name: str, train_config) -> DDIMScheduler | DPMSolverMultistepScheduler | UniPCMultistepScheduler:
     """An inference scheduler for the trained noise schedule; never clips (latents are unbounded).
 
@@ -37,8 +56,8 @@ def make_scheduler(name: str, train_config) -> DDIMScheduler | DPMSolverMultiste
         return DPMSolverMultistepScheduler.from_config(train_config, algorithm_type="dpmsolver++", solver_order=2,
                                                        thresholding=False, lower_order_final=True)
     if name == "unipc":
-        return UniPCMultistepScheduler.from_config(train_config, predict_x0=True, solver_order=2,
-                                                   thresholding=False, lower_order_final=True)
+        return KeptRegionUniPC.from_config(train_config, predict_x0=True, solver_order=2,
+                                           thresholding=False, lower_order_final=True)
     raise AugPaintError(f"unknown sampler {name!r}; choose one of {', '.join(LATENT_SAMPLERS)} or repaint")
 
 
@@ -145,12 +164,15 @@ def augpaint_loop(unet, scheduler, z0: torch.Tensor, keep: torch.Tensor, noise: 
     z = noise.randn(shape) * scheduler.init_noise_sigma
     fixed = noise.randn(shape) if known_noise == "fixed" else None
     ddim = isinstance(scheduler, DDIMScheduler)
+    unipc = isinstance(scheduler, KeptRegionUniPC)
     for t in scheduler.timesteps:
         if cond is None:
             eps_known = fixed if fixed is not None else noise.randn(shape)
             known = scheduler.add_noise(z0, eps_known, t.reshape(1).expand(len(z0)))
             z = keep * known + (1 - keep) * z
             inp = z
+            if unipc:  # its corrector would otherwise drop the replacement (see KeptRegionUniPC)
+                scheduler.kept = (keep, known)
         else:
             inp = torch.cat([z, cond], 1)
         with autocast():
@@ -160,6 +182,8 @@ def augpaint_loop(unet, scheduler, z0: torch.Tensor, keep: torch.Tensor, noise: 
             z = scheduler.step(eps, t, z, eta=eta, variance_noise=var).prev_sample
         else:
             z = scheduler.step(eps, t, z).prev_sample
+    if unipc:
+        scheduler.kept = None
     return z if cond is not None else keep * z0 + (1 - keep) * z
 
 

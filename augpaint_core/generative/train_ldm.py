@@ -1,7 +1,9 @@
 """Train LDM: the denoising U-Net in the AE's latent space (DDPM eps-prediction loss, EMA weights).
 
 The unconditional model (the default, Algorithm 1) trains on precomputed
-latents of every training image and its mirror image. The conditional model
+latents of every training image (and its mirror image only with ``ldm.hflip``:
+the paper trains "without flipping or rotation", and mirrored anatomy is wrong
+anatomy for ACDC and Synapse). The conditional model
 (``ldm.conditional``, the paper's "cond AugPaint") sees [z_t, E(masked image)]
 and learns from random box/irregular keep-masks (``masks.py``), so it needs no
 labels. Training runs through accelerate like train-ae (mixed precision,
@@ -64,6 +66,13 @@ def sample_conditional(unet, scheduler_config, ae, x: torch.Tensor, keep: torch.
     for t in sched.timesteps:
         z = sched.step(unet(torch.cat([z, cond], 1), t).sample, t, z).prev_sample
     return to_uint8(ae.decode(z / ae.config.scaling_factor).sample)
+
+
+def _batch(images, idx: np.ndarray, hflip: bool, seed: int, m: int, part: slice) -> torch.Tensor:
+    """Images ``idx[part]`` in [-1, 1]; mirrored with p=0.5 only with ``ldm.hflip`` (the paper trains without)."""
+    if hflip:
+        return flipped_batch(images, idx, step_generator(seed, m, 1), part)
+    return to_tensor(images[idx[part]])
 
 
 def _latents(ae, images, idx: np.ndarray, flip: bool, device, chunk: int = 256) -> torch.Tensor:
@@ -146,9 +155,11 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
         ae = ae.to(acc.device)
     scale = 1.0 if pixel else ae.config.scaling_factor
     if not conditional and not pixel:
-        # The AE is frozen: latents of every image and its mirror are computed once ([originals, mirrors]).
-        z_all = torch.cat([_latents(ae, ds.images, train_idx, flip, acc.device) for flip in (False, True)]) * scale
-        n_items = 2 * len(train_idx)
+        # The AE is frozen: latents of every image (and, with ldm.hflip, its mirror) are computed once
+        # ([originals, mirrors]).
+        flips = (False, True) if l.hflip else (False,)
+        z_all = torch.cat([_latents(ae, ds.images, train_idx, flip, acc.device) for flip in flips]) * scale
+        n_items = len(flips) * len(train_idx)
     else:
         n_items = len(train_idx)
     unet, opt, raw, fwd = prepare(acc, unet, opt, t)
@@ -167,9 +178,9 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
             noise = torch.randn((len(gidx), channels, latent_size, latent_size), generator=g)[part].to(acc.device)
             ts = torch.randint(0, sched.config.num_train_timesteps, (len(gidx),), generator=g)[part].to(acc.device)
             if pixel:  # images straight from the dataset, mirrored with p=0.5 as the latent model sees them
-                z = flipped_batch(ds.images, train_idx[gidx], step_generator(seed, m, 1), part).to(acc.device)
+                z = _batch(ds.images, train_idx[gidx], l.hflip, seed, m, part).to(acc.device)
             elif conditional:
-                x = flipped_batch(ds.images, train_idx[gidx], step_generator(seed, m, 1), part).to(acc.device)
+                x = _batch(ds.images, train_idx[gidx], l.hflip, seed, m, part).to(acc.device)
                 keep = _keep_batch(size, seed, m, np.arange(len(gidx))[part]).to(acc.device)
                 z = encode_latents(ae, x) * scale
                 cond = encode_latents(ae, masked_input(x, keep)) * scale

@@ -2,7 +2,7 @@
 
 - Dice per class per case (3D volume, or 2D image), then the mean over cases.
 - HD95: 95th percentile of surface distances in each direction, then the max
-  (the MONAI/DeepMind convention), in pixels unless a spacing is given.
+  (the MONAI/DeepMind convention), in pixels unless a spacing is given (mm: the source spacing).
 - Both masks empty: Dice 1, HD95 0. Exactly one empty: Dice 0, HD95 = the
   image diagonal.
 """
@@ -14,8 +14,10 @@ import numpy as np
 from scipy import ndimage
 
 CONVENTION = ("Dice and HD95 per class per case (3D volume), then mean over cases. HD95 = max of the two "
-              "directed 95th-percentile surface distances (MONAI convention), in pixels. Both empty: Dice 1, "
-              "HD95 0; one empty: Dice 0, HD95 = image diagonal.")
+              "directed 95th-percentile surface distances (MONAI convention), in mm with the source spacing "
+              "(NIfTI header, after the resize) when every case has one, else in pixels (hd95_unit says which). "
+              "Both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 = volume diagonal. With evaluation regions "
+              "(BraTS WT/TC/ET) the mean is over the regions.")
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -2,7 +2,10 @@
 
 - Realism: Fréchet distance between in-domain encoder features (the filter scorer's deepest features, pooled)
   of the real training slices and of the synthetic slices (all, and the kept ones). For scale, the same
-  distance between two random halves of the real slices is reported too.
+  distance between two disjoint random subsets of the real slices is reported too. The estimator is biased
+  upward for small sets (more so when the feature dimension exceeds the set size), so every distance of a
+  report is taken at one sample size ``fd_sample_size``: random subsets of the larger sets, averaged over
+  repeats (:func:`frechet_equal_size`).
 - Diversity: mean pairwise MS-SSIM between samples of the same source slice (lower = more diverse), and the
   mean MS-SSIM of each sample to its source.
 - Memorization: per sample, the nearest-neighbour distance (mean absolute difference in [0, 1] intensity) to
@@ -42,6 +45,27 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     r1 = _psd_sqrt(s1)
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)).sum()
     return float(max(0.0, ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean))
+
+
+def frechet_equal_size(a: np.ndarray, b: np.ndarray, n: int, repeats: int = 10,
+                       rng: np.random.Generator | None = None) -> float:
+    """Mean Fréchet distance between random ``n``-subsets of ``a`` and of ``b`` (without replacement).
+
+    Comparing distances taken at different set sizes compares the estimator's bias, not the sets;
+    subsets of one size make them comparable.
+
+    Args:
+        a: (N, D) features; b: (M, D) features; both need at least ``n`` rows.
+        n: subset size (>= 2).
+        repeats: subset draws averaged (one when both sets have exactly ``n`` rows).
+        rng: source of the subsets (default: seed 0).
+    """
+    if n < 2 or n > min(len(a), len(b)):
+        raise ValueError(f"subset size {n} needs 2 <= n <= {min(len(a), len(b))}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    reps = 1 if len(a) == len(b) == n else repeats
+    return float(np.mean([frechet_distance(a[rng.choice(len(a), n, replace=False)],
+                                           b[rng.choice(len(b), n, replace=False)]) for _ in range(reps)]))
 
 
 def msssim_setup(size: int) -> tuple[int, tuple[float, ...]]:
@@ -142,12 +166,18 @@ def quality_report(*, real_images: np.ndarray, real_indices: np.ndarray, real_ca
     n = len(syn_images)
     out: dict = {"num_samples": n, "num_kept": int(kept.sum()), "acceptance_rate": float(kept.mean()),
                  "rejected": dict(rejected)}
-    # realism
-    half = rng.permutation(len(real_features))
-    out["fd_real_halves"] = frechet_distance(real_features[half[::2]], real_features[half[1::2]]) \
-        if len(real_features) >= 4 else None
-    out["fd_all"] = frechet_distance(real_features, syn_features) if n >= 2 else None
-    out["fd_kept"] = frechet_distance(real_features, syn_features[kept]) if kept.sum() >= 2 else None
+    # realism, every distance at one sample size (the estimator's bias depends on it)
+    m = len(real_features)
+    n_fd = min(m // 2, n, int(kept.sum()))
+    out["fd_sample_size"] = n_fd if n_fd >= 2 else None
+    if n_fd >= 2:
+        half = rng.permutation(m)
+        out["fd_real_halves"] = frechet_equal_size(real_features[half[::2]], real_features[half[1::2]], n_fd,
+                                                   rng=rng)
+        out["fd_all"] = frechet_equal_size(real_features, syn_features, n_fd, rng=rng)
+        out["fd_kept"] = frechet_equal_size(real_features, syn_features[kept], n_fd, rng=rng)
+    else:
+        out["fd_real_halves"] = out["fd_all"] = out["fd_kept"] = None
     # diversity
     by_source: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(provenance):

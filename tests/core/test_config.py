@@ -22,6 +22,9 @@ def test_paper_preset_carries_paper_hyperparameters():
     assert cfg.seg.lr == 5e-4 and cfg.seg.batch_size == 4 and cfg.seg.epochs == 120
     assert cfg.seg.features == (64, 128, 256, 512, 1024, 64)
     assert cfg.filter.keep_fraction == 0.5
+    assert cfg.inpaint.eta == 1.0  # Algorithm 1 is stochastic DDIM (its tau_t term)
+    assert cfg.ldm.hflip is False  # section 4.4: "without flipping or rotation"
+    assert cfg.data.official_test_images is False  # trained "solely with the available training set"
 
 
 def test_negative_step_count_names_the_field(tmp_path):
@@ -82,6 +85,7 @@ def test_dataset_presets_extend_the_paper_preset():
         assert (cfg.data.format, tuple(cfg.data.split), cfg.name) == (fmt, split, name)
         assert cfg.ldm == paper.ldm and cfg.seg == paper.seg  # the paper's models, inherited
         assert cfg.inpaint.mask_flip == (name == "brats")  # paper Table 4: flipping for BraTS
+        assert cfg.inpaint.eta == paper.inpaint.eta == 1.0
     assert load_config(REPO / "configs" / "isic.yaml").data.num_labeled == 10
     assert load_config(REPO / "configs" / "brats.yaml").data.channels == ["FLAIR"]
 

@@ -126,3 +126,23 @@ def test_pipeline_config_applies_the_task_overrides(tiny_cfg):
     assert (c.seed, c.data.num_labeled, c.ldm.conditional) == (tiny_cfg.seed + 2, 3, True)
     with pytest.raises(AugPaintError, match="num_labeled"):
         pipeline_config(tiny_cfg.to_yaml(), ["data.num_labeled=zero"])
+
+
+@pytest.mark.parametrize("split_seed", [None, 7])
+def test_three_splits_give_three_patient_partitions(split_seed):
+    """Defect 9: with data.split_seed set, the splits used to share one patient partition."""
+    from augpaint_core.config import parse_config
+    from augpaint_core.data.preprocess import split_patients
+    from augpaint_core.experiment import split_config
+
+    d = tiny_dict()
+    d["data"]["split_seed"] = split_seed
+    cfg = parse_config(d, "tiny")
+    patients = [f"p{i:02d}" for i in range(20)]
+    parts = []
+    for split in range(3):
+        c = split_config(cfg, split)
+        seed = c.seed if c.data.split_seed is None else c.data.split_seed  # as preprocess chooses it
+        assignment, _ = split_patients(patients, c.data.split, seed)
+        parts.append(tuple(sorted(assignment.items())))
+    assert len(set(parts)) == 3

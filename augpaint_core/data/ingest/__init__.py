@@ -21,11 +21,11 @@ import numpy as np
 
 from ...errors import AugPaintError
 from . import acdc, isic, msd, nnunet, synapse
-from .common import MAX_DEPTH, Case, Problem, Source, find_dirs
+from .common import MAX_DEPTH, Case, Problem, Source, find_dirs, slice_spacing
 
 ADAPTERS: dict[str, ModuleType] = {"nnunet": nnunet, "msd": msd, "acdc": acdc, "synapse": synapse, "isic": isic}
 
-__all__ = ["ADAPTERS", "Case", "Problem", "Source", "detect_format", "scan", "read_case"]
+__all__ = ["ADAPTERS", "Case", "Problem", "Source", "detect_format", "scan", "read_case", "slice_spacing"]
 
 
 def _candidates(root: Path) -> list[tuple[str, Path]]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ...errors import AugPaintError
 
+OFFICIAL_TEST = (("official_test", True),)  # Case.params of a dataset's official unlabeled test images
 MAX_DEPTH = 4  # how deep format detection and adapters look below the given folder (ACDC/database/training/patientNNN)
 
 
@@ -156,7 +157,12 @@ def as_label(data: np.ndarray, path: str) -> np.ndarray:
 
 def map_labels(lab: np.ndarray, allowed: set[int], mapping: dict[int, int] | None, path: str,
                allowed_desc: str) -> np.ndarray:
-    """Check the raw label values, then map them to 0..K (unlisted allowed values -> background)."""
+    """Check the raw label values, then map them to 0..K (unlisted allowed values -> background).
+
+    A label without foreground is valid (a healthy control, a slab outside the organ, a volume
+    without tumour; nnU-Net accepts them): it is used for training, scoring and evaluation and only
+    cannot be an AugPaint source. Only malformed labels are rejected.
+    """
     found = {int(v) for v in np.unique(lab)}
     bad = sorted(found - allowed)
     if bad:
@@ -166,9 +172,6 @@ def map_labels(lab: np.ndarray, allowed: set[int], mapping: dict[int, int] | Non
         for src, dst in mapping.items():
             lut[src] = dst
         lab = lut[lab]
-    if not lab.any():
-        raise AugPaintError(f"{path}: label has no foreground" +
-                            (" of the kept classes" if mapping is not None else ""))
     return lab.astype(np.uint8)
 
 
@@ -244,6 +247,36 @@ def check_intensities(data: np.ndarray, path: str | Path) -> None:
             raise AugPaintError(f"{path}: {bad} of {data.size} voxels are NaN or infinite")
     if not np.any(data):
         raise AugPaintError(f"{path}: image is blank (every voxel is 0)")
+
+
+def slice_spacing(case: Case, size: int) -> list[float] | None:
+    """Voxel spacing (mm) of the case's slices stacked back into a volume: (through-plane, row, column).
+
+    Read from the first image's NIfTI header (no voxel data) and taken after the resize to ``size``,
+    in the axis order :func:`volume_to_slices` produces. None for 2D files (PNG, JPEG) and for a
+    header that cannot be read (reading the case reports that).
+
+    Args:
+        case: the case.
+        size: the slices' H = W.
+    """
+    path = case.images[0]
+    if not path.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        img = nib.load(path)
+        shape, aff = img.shape[:3], img.affine
+    except Exception:  # noqa: BLE001 - the reader names the broken file
+        return None
+    if len(shape) < 3:
+        return None
+    ornt = nib.orientations.io_orientation(aff)
+    zooms, cshape = np.empty(3), np.empty(3)
+    zooms[ornt[:, 0].astype(int)] = nib.affines.voxel_sizes(aff)[:3]
+    cshape[ornt[:, 0].astype(int)] = shape
+    axis = slicing_axis(zooms)
+    a, b = (i for i in range(3) if i != axis)
+    return [float(zooms[axis]), float(zooms[a] * cshape[a] / size), float(zooms[b] * cshape[b] / size)]
 
 
 def read_volume_case(case: Case, modalities: list[str], channel_index: list[int], reader: dict,

@@ -3,7 +3,7 @@
 Training images come from ``*Training_Input`` with masks in
 ``*Training_GroundTruth``; the official validation set (``*Validation_Input`` /
 ``*Validation_GroundTruth``) is the test set, as in the paper. ``*Test_Input``
-images (no public masks) become unlabeled data. Each image is its own case.
+images (no public masks) are unlabeled data only with ``data.official_test_images``. Each image is its own case.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import AugPaintError
-from .common import Case, Source, find_dirs, read_image_2d, read_mask_2d, visible
+from .common import OFFICIAL_TEST, Case, Source, find_dirs, read_image_2d, read_mask_2d, visible
 
 IMAGE = re.compile(r"^(ISIC_\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 
@@ -49,7 +49,8 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
                             f"ISIC2018_Task1_Validation_GroundTruth); it is the test set")
     cases = _pairs(tr_in, tr_gt, None) + _pairs(va_in, va_gt, "test")
     if te_in is not None:
-        cases += [Case(f"ts_{c.case_id}", f"ts_{c.case_id}", c.images, None) for c in _pairs(te_in, None, None)]
+        cases += [Case(f"ts_{c.case_id}", f"ts_{c.case_id}", c.images, None, params=OFFICIAL_TEST)
+                  for c in _pairs(te_in, None, None)]
     if not any(c.label and c.fixed_split is None for c in cases):
         raise AugPaintError(f"{tr_gt}: no ISIC_NNNNNNN_segmentation.png masks for the training images")
     return Source("isic", "ISIC2018", str(root), ["lesion"], cases, reader={})

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import AugPaintError
-from .common import Case, Problem, Source, read_volume_case
+from .common import OFFICIAL_TEST, Case, Problem, Source, read_volume_case
 from .nnunet import read_dataset_json
 
 BRATS_REGIONS = {"WT": [1, 2, 3], "TC": [2, 3], "ET": [3]}
@@ -69,7 +69,8 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
     for rel in meta.get("test", []):
         img = resolve(rel if isinstance(rel, str) else rel.get("image", ""))
         if img.is_file():
-            cases.append(Case(f"ts_{img.name.split('.')[0]}", f"ts_{img.name.split('.')[0]}", (str(img),), None))
+            cid = f"ts_{img.name.split('.')[0]}"
+            cases.append(Case(cid, cid, (str(img),), None, params=OFFICIAL_TEST))
     if not training:
         raise AugPaintError(f"{where}: the 'training' list is empty")
     return Source("msd", str(meta.get("name", root.name)), str(root),

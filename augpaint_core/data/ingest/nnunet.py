@@ -4,7 +4,8 @@ Channel names and labels come from ``dataset.json``; a channel named ``CT`` gets
 the CT window, every other one percentile clipping. NIfTI (``.nii.gz``,
 ``.nii``) and PNG endings are read; a PNG may hold RGB (nnU-Net's natural-image
 convention: one ``_0000.png`` file, channel_names R, G, B). Images in
-``imagesTs/`` (no labels) become unlabeled training data.
+``imagesTs/`` (no labels) are the official test images: unlabeled training data only with
+``data.official_test_images``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import AugPaintError
-from .common import Case, Problem, Source, read_image_2d, read_mask_2d, read_volume_case, visible
+from .common import (OFFICIAL_TEST, Case, Problem, Source, read_image_2d, read_mask_2d, read_volume_case,
+                     visible)
 
 ENDINGS = (".nii.gz", ".nii", ".png")
 
@@ -111,7 +113,8 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
         cases.append(Case(cid, cid, tuple(str(files[i]) for i in sorted(files)), str(labels[cid])))
     for cid, files in sorted(cases_in(root / "imagesTs").items()):
         if all(i in files for i in ([0] if png else names)):
-            cases.append(Case(f"ts_{cid}", f"ts_{cid}", tuple(str(files[i]) for i in sorted(files)), None))
+            cases.append(Case(f"ts_{cid}", f"ts_{cid}", tuple(str(files[i]) for i in sorted(files)), None,
+                              params=OFFICIAL_TEST))
     allowed = sorted({int(v) for v in meta["labels"].values()})
     return Source("nnunet", str(meta.get("name", root.name)), str(root), class_names, cases, problems=problems,
                   reader={"png": png, "channels": keep, "modalities": [names[i] for i in keep] if not png else [],

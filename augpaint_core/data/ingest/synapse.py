@@ -3,7 +3,8 @@
 Of the 13 organs the paper keeps 1 spleen, 2 right kidney, 3 left kidney and
 6 liver, remapped to classes 1..4; the other organs become background. CT
 intensities use the window [-125, 275] HU (``data.ct_window``). Images under a
-``Testing/img`` folder (no labels) become unlabeled data.
+``Testing/img`` folder (no labels) are the official test images: unlabeled data only with
+``data.official_test_images``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import AugPaintError
-from .common import Case, Problem, Source, find_dirs, read_volume_case, visible
+from .common import OFFICIAL_TEST, Case, Problem, Source, find_dirs, read_volume_case, visible
 
 ORGANS = {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus",
           6: "liver", 7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "portal and splenic vein",
@@ -50,7 +51,9 @@ def scan(root: Path, channels: list[str] | None = None) -> Source:
                 f = labdir / f"label{num}.nii.gz"
                 problems.append(Problem(str(f), cid, f"{f}: label file missing for {p.name} (its folder has labels)"))
                 continue
-            cases.append(Case(cid, cid, (str(p),), str(lab) if lab else None))
+            official = lab is None and "Testing" in d.parts  # BTCV's unlabeled Testing/img
+            cases.append(Case(cid, cid, (str(p),), str(lab) if lab else None,
+                              params=OFFICIAL_TEST if official else ()))
     if not any(c.label for c in cases):
         raise AugPaintError(f"{root}: no label/labelNNNN.nii.gz beside any img folder; the dataset has no labels")
     return Source("synapse", "Synapse", str(root), list(CLASSES), cases, problems=problems,

@@ -295,12 +295,24 @@ def test_4d_label(tmp_path):
     assert "3D label" in _clean_error(cfg_with(), raw, tmp_path, "fake_001.nii.gz")
 
 
-def test_empty_label(tmp_path):
+def test_empty_label_is_valid_labeled_data(tmp_path):
+    """A case without foreground (a healthy control) is labeled data in every split (defect 7)."""
     raw = _nnunet(tmp_path)
-    bad = raw / "labelsTr" / "fake_006.nii.gz"
-    img = nib.load(bad)
-    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), bad)
-    assert "no foreground" in _clean_error(cfg_with(), raw, tmp_path, "fake_006.nii.gz")
+    ids = [f"fake_{i:03d}" for i in range(1, 9)]
+    split, train = split_patients(ids, (0.6, 0.2, 0.2), 0)  # the split preprocess makes with seed 0
+    empty = {s: next(c for c in ids if split[c] == s) for s in ("train", "val", "test")}
+    for case in empty.values():
+        f = raw / "labelsTr" / f"{case}.nii.gz"
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), f)
+    out = preprocess(cfg_with(f"data.num_labeled={len(train)}"), tmp_path / "ds", raw)  # every train case labeled
+    ds = load_dataset(out)
+    rep = json.loads((out / "preprocess_report.json").read_text())
+    assert rep["skipped"] == [] and rep["cases_read"] == 8
+    for sp, case in empty.items():
+        idx = [i for i, r in enumerate(ds.records) if r["case_id"] == case]
+        assert idx and all(ds.records[i]["labeled"] and ds.records[i]["split"] == sp for i in idx)
+        assert not np.asarray(ds.labels)[idx].any()
 
 
 def test_missing_dataset_json(tmp_path):
@@ -366,3 +378,36 @@ def test_raw_input_from_s3(s3_bucket, tmp_path):
     local = arrays(preprocess(cfg_with(), tmp_path / "local", raw))
     remote = arrays(preprocess(cfg_with(), tmp_path / "remote", f"s3://{s3_bucket}/raw/synapse"))
     assert np.array_equal(local[0], remote[0]) and np.array_equal(local[1], remote[1])
+
+
+@pytest.mark.parametrize("fmt", ["msd_brats", "synapse", "isic", "nnunet"])
+def test_official_test_images_are_generator_data_only_on_request(fmt, tmp_path):
+    """Defect 6: imagesTs / MSD test / Synapse Testing / ISIC Test_Input stay out unless opted in."""
+    raw = write_fake_dataset(fmt, tmp_path / "raw", num_cases=8, seed=1)
+    if fmt == "isic":  # the fake has no Test_Input: two training images play the official test images
+        import shutil
+
+        tr = next(raw.rglob("*Training_Input"))
+        te = tr.parent / tr.name.replace("Training", "Test")
+        te.mkdir()
+        for f in sorted(tr.glob("ISIC_*.jpg"))[:2]:
+            shutil.copy(f, te / f.name)
+    found = {}
+    for opt in (False, True):
+        out = preprocess(cfg_with(f"data.official_test_images={str(opt).lower()}"), tmp_path / f"ds{opt}", raw)
+        rep = json.loads((out / "preprocess_report.json").read_text())
+        recs = load_dataset(out).records
+        official = {r["case_id"] for r in recs if r["provenance"].get("official_test")}
+        assert rep["official_test_images"]["used"] is opt and rep["official_test_images"]["found"] > 0
+        assert all(r["split"] == "train" and not r["labeled"] for r in recs if r["case_id"] in official)
+        found[opt] = official
+    assert found[False] == set() and len(found[True]) == json.loads(
+        (tmp_path / "dsTrue" / "preprocess_report.json").read_text())["official_test_images"]["found"]
+
+
+def test_paper_presets_leave_official_test_images_out():
+    from augpaint_core.config import load_config
+    from tests.conftest import REPO
+
+    for name in ("paper", "acdc", "brats", "synapse", "isic", "demo"):
+        assert load_config(REPO / "configs" / f"{name}.yaml").data.official_test_images is False

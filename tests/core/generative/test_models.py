@@ -44,3 +44,21 @@ def test_ae_loss_drops_on_a_fixed_batch(tiny_cfg, tmp_path):
     ds = preprocess(cfg, tmp_path / "ds")
     hist = read_artifact_meta(train_ae(cfg, ds, tmp_path / "ae"))["history"]
     assert hist[-1]["l1"] < 0.6 * hist[0]["l1"]
+
+
+def test_latent_scale_is_one_over_the_std_of_the_training_latents(pipeline_artifacts):
+    """The LDM sees unit-std latents: the saved scale is 1/std of the encoded training slices (not SD's 0.18215)."""
+    import pytest
+
+    from augpaint_core.data.dataset import load_dataset
+    from augpaint_core.generative.train_ae import encode_latents
+    from augpaint_core.runtime import to_tensor
+
+    a = pipeline_artifacts
+    ae = VQModel.from_pretrained(a["ae"] / "vqmodel").eval()
+    ds = load_dataset(a["dataset"])
+    train = ds.where(split="train")
+    with torch.no_grad():
+        z = encode_latents(ae, to_tensor(ds.images[train]))
+    assert ae.config.scaling_factor == pytest.approx(1.0 / float(z.std()), rel=1e-3)
+    assert float((z * ae.config.scaling_factor).std()) == pytest.approx(1.0, rel=1e-3)

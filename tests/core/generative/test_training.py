@@ -233,18 +233,22 @@ def test_ddp_with_accelerate_launch_matches_one_process(data, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     meta = read_artifact_meta(tmp_path / "two")
     assert meta["processes"] == 2 and meta["steps"] == 3
-    other = subprocess.run([sys.executable, "-m", "augpaint_core.cli", *common, "--set", "seed=1", "--out",
-                            str(tmp_path / "seed1")], capture_output=True, text=True, cwd=REPO)
+    # The control differs from "one" only in its batch: the same seed (initial weights, step noise), one
+    # process, half the batch (a subset of the same draws' items).
+    other = subprocess.run([sys.executable, "-m", "augpaint_core.cli", *common, "--set", "ae.batch_size=2", "--out",
+                            str(tmp_path / "batch2")], capture_output=True, text=True, cwd=REPO)
     assert other.returncode == 0, other.stderr[-2000:]
-    w = {n: VQModel.from_pretrained(tmp_path / n / "vqmodel").state_dict() for n in ("one", "two", "seed1")}
+    w = {n: VQModel.from_pretrained(tmp_path / n / "vqmodel").state_dict() for n in ("one", "two", "batch2")}
 
     def rel(x, y):
         return float(sum(((x[k] - y[k]) ** 2).sum() for k in x) ** 0.5 / sum((x[k] ** 2).sum() for k in x) ** 0.5)
 
     # Not bitwise (all-reduce sums in another order, and Adam turns tiny gradient differences into
-    # lr-sized steps), but far closer than a run that differs only in its seed.
-    assert rel(w["one"], w["two"]) < 2e-3
-    assert rel(w["one"], w["two"]) < rel(w["one"], w["seed1"]) / 20
+    # lr-sized steps), but far closer than a run whose batch differs: the distributed run trained on the
+    # whole batch, not on its process's half.
+    # Measured 2026-12-02 on CPU: rel(one, two) = 1.7e-4, rel(one, batch2) = 1.5e-2 (84x apart).
+    assert rel(w["one"], w["batch2"]) > 0
+    assert rel(w["one"], w["two"]) < rel(w["one"], w["batch2"]) / 10
 
 
 def test_mlflow_gets_throughput_and_sample_grids_during_training(data, tmp_path):
@@ -274,3 +278,23 @@ def test_generator_step_does_not_train_the_discriminator():
     generator_gan_loss(disc, fake).backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     assert all(p.grad is None for p in disc.parameters()) and all(p.requires_grad for p in disc.parameters())
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_ldm_sees_mirrored_images_only_with_hflip(data, tmp_path, monkeypatch, conditional):
+    """Defect 5: the paper trains the LDM without flipping; ldm.hflip (default off) brings mirroring back."""
+    from augpaint_core.generative import train_ldm as mod
+
+    seen: list[str] = []
+    latents, flipped = mod._latents, mod.flipped_batch
+    monkeypatch.setattr(mod, "_latents", lambda ae, im, idx, flip, *a, **k: (seen.append(f"latents flip={flip}"),
+                                                                             latents(ae, im, idx, flip, *a, **k))[1])
+    monkeypatch.setattr(mod, "flipped_batch", lambda *a, **k: (seen.append("flipped batch"), flipped(*a, **k))[1])
+    for hflip in (False, True):
+        seen.clear()
+        train_ldm(cfg_with(f"ldm.hflip={str(hflip).lower()}", f"ldm.conditional={str(conditional).lower()}"),
+                  data / "ds", data / "ae", tmp_path / f"ldm_{hflip}")
+        mirrored = "flipped batch" in seen or "latents flip=True" in seen
+        assert mirrored == hflip, seen
+        assert seen or (conditional and not hflip)  # the unconditional path always encodes latents
+    assert cfg_with().ldm.hflip is False

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -61,36 +60,26 @@ def test_corrupted_object_fails_the_read(s3_bucket: str, tmp_path: Path) -> None
     assert not (tmp_path / "got").exists()
 
 
-def test_reader_never_sees_a_partial_version(s3_bucket: str, tmp_path: Path) -> None:
+def test_reader_never_sees_a_partial_version(s3_bucket: str, tmp_path: Path, monkeypatch) -> None:
+    """A reader looks at the latest version after every single upload of a publish: it sees v1 whole until
+    the commit point, then v2 whole; never a mix (a reader in a thread could miss every window)."""
     root = f"s3://{s3_bucket}/live"
     versions.publish_version(_make_folder(tmp_path / "v1", 2), root)
     seen: list[tuple[int, int]] = []
-    stop = threading.Event()
-    errors: list[BaseException] = []
+    upload = versions.storage.upload_file
 
-    def reader() -> None:
-        try:
-            while not stop.is_set():
-                m = versions.read_manifest(root)
-                # Every file the manifest names is already there (complete, checksummed).
-                dest = tmp_path / f"r{len(seen)}"
-                local, _ = versions.download_version(root, dest, m["version"])
-                seen.append((m["version"], sum(1 for p in local.rglob("*") if p.is_file())))
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
+    def upload_then_read(*args, **kwargs):
+        out = upload(*args, **kwargs)
+        m = versions.read_manifest(root)  # the latest, as any reader would ask
+        local, _ = versions.download_version(root, tmp_path / f"r{len(seen)}", m["version"])
+        seen.append((m["version"], sum(1 for p in local.rglob("*") if p.is_file())))
+        return out
 
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
-        versions.publish_version(_make_folder(tmp_path / "v2", 40), root, parent=1)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        t.join(30)
-    assert not errors, errors
-    # v1 has 2 shards + manifest.json + VERSION.json, v2 has 40 + 2: nothing in between.
-    assert seen and {c for _, c in seen} <= {4, 42}
-    assert {v for v, c in seen if c == 42} <= {2}
+    monkeypatch.setattr(versions.storage, "upload_file", upload_then_read)
+    versions.publish_version(_make_folder(tmp_path / "v2", 40), root, parent=1)
+    # v1 has 2 shards + manifest.json + VERSION.json, v2 has 40 + 2: v1 until the very last upload.
+    assert len(seen) == 42
+    assert seen[:-1] == [(1, 4)] * 41 and seen[-1] == (2, 42)
 
 
 def test_writer_killed_midway_leaves_no_visible_version(s3_server: dict, s3_bucket: str, tmp_path: Path) -> None:

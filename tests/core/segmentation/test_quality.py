@@ -63,3 +63,45 @@ def test_quality_report_flags_copies_of_the_source():
     assert q["msssim_to_source"] == pytest.approx(1.0, abs=1e-4)
     assert q["nn_distance_real_reference"] > 0.1  # real slices of other cases are far apart
     assert q["acceptance_rate"] == pytest.approx(2 / 3)
+
+
+def test_frechet_at_equal_sizes_removes_the_small_set_bias():
+    """Defect 10: 'FD kept > FD all' appeared for kept samples drawn from the very same distribution, because the
+    estimator grows as the set shrinks (here D = 48 > N). At one sample size the two agree, and a real shift
+    still shows."""
+    from augpaint_core.segmentation.quality import frechet_equal_size
+
+    rng = np.random.default_rng(0)
+    real, syn = rng.normal(size=(300, 48)), rng.normal(size=(120, 48))
+    kept = np.zeros(120, bool)
+    kept[rng.permutation(120)[:60]] = True
+    assert frechet_distance(real, syn[kept]) > 1.5 * frechet_distance(real, syn)  # the artifact
+    fd_all, fd_kept = (frechet_equal_size(real, s, 60, rng=rng) for s in (syn, syn[kept]))
+    assert abs(fd_kept / fd_all - 1) < 0.15
+    shifted = syn[kept] + 0.5
+    assert frechet_equal_size(real, shifted, 60, rng=rng) > 1.5 * fd_all
+    with pytest.raises(ValueError):
+        frechet_equal_size(real, syn, 121)
+
+
+def test_quality_report_takes_every_frechet_distance_at_one_size(monkeypatch):
+    from augpaint_core.segmentation import quality
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 255, (6, 32, 32, 3)).astype(np.uint8)
+    lab = np.zeros((32, 32), np.uint8)
+    lab[8:16, 8:16] = 1
+    syn = np.stack([real[2]] * 30)
+    kept = np.zeros(30, bool)
+    kept[:12] = True
+    sizes = []
+    orig = quality.frechet_distance
+    monkeypatch.setattr(quality, "frechet_distance", lambda a, b: (sizes.append((len(a), len(b))), orig(a, b))[1])
+    q = quality_report(real_images=real, real_indices=np.arange(6), real_case_ids=list("aabbcc"),
+                       real_features=rng.normal(size=(50, 8)), syn_images=syn, syn_labels=np.stack([lab] * 30),
+                       syn_features=rng.normal(size=(30, 8)), provenance=[{"source_index": 2, "flip": "none"}] * 30,
+                       source_images={2: real[2]}, source_labels={2: lab}, source_case_ids={2: "b"}, kept=kept,
+                       rejected={})
+    assert q["fd_sample_size"] == 12  # min(50 // 2 real halves, 30 samples, 12 kept)
+    assert sizes and set(sizes) == {(12, 12)}
+    assert all(q[k] > 0 for k in ("fd_real_halves", "fd_all", "fd_kept"))
