@@ -103,6 +103,7 @@ podman build --pull=never --network=host -f docker/Dockerfile \
   -v "$wheels:/wheels:ro" $( [[ -f $ca ]] && echo "-v $ca:$ca:ro" ) \
   -t "$IMAGE" . > "$SCRATCH/build.log" 2>&1 \
   || { tail -n 40 "$SCRATCH/build.log" >&2; die "podman build failed (log: $SCRATCH/build.log)"; }
+podman image prune --force > /dev/null  # drop the layers of earlier builds, keep the cache small
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 step "image $IMAGE: $(( size / 1000000 )) MB"
 
@@ -112,12 +113,16 @@ rm -f "$sock"
 podman system service --time=0 "unix://$sock" &
 service_pid=$!
 trap 'kill "$service_pid" 2>/dev/null || true' EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 for _ in $(seq 50); do [[ -S $sock ]] && break; sleep 0.2; done
 [[ -S $sock ]] || die "podman's API socket $sock did not appear"
 step "running the tiny pipeline with kfp.local.DockerRunner"
 out=$SCRATCH/run
 rm -rf "$out"
-DOCKER_HOST=unix://$sock AUGPAINT_IMAGE=$IMAGE PYTHONPATH=$REPO "$PY" tests/image/run_in_image.py --out "$out"
-step "image-test passed (image $(( size / 1000000 )) MB)"
+DOCKER_HOST=unix://$sock AUGPAINT_IMAGE=$IMAGE PYTHONPATH=$REPO "$PY" tests/image/run_in_image.py --out "$out" \
+  2>&1 | tee "$SCRATCH/run.log"
+step "done (image $(( size / 1000000 )) MB)"
+tail -n 1 "$SCRATCH/run.log"  # the checker's 'image-test: N passed, N failed', last
 }
 main "$@"
