@@ -59,11 +59,13 @@ EOF
 export CONTAINERS_CONF=$SCRATCH/conf/containers.conf CONTAINERS_STORAGE_CONF=$SCRATCH/conf/storage.conf
 
 # 3. Torch: the machine's CPU wheel (the image would otherwise pull the CUDA build from PyPI).
-wheels=${TORCH_WHEELS:-$(pip config get global.find-links 2>/dev/null || true)}
-wheels=${wheels:-/opt/wheels}
 torch_pin=$(grep -oP '^torch==\K\S+' requirements.txt)
-ls "$wheels"/torch-"$torch_pin"+cpu-cp311-*.whl > /dev/null 2>&1 \
-  || die "no torch-$torch_pin+cpu cp311 wheel in $wheels (set TORCH_WHEELS)"
+candidates=${TORCH_WHEELS:-$("$PY" -m pip config get global.find-links 2>/dev/null || true) /opt/wheels}
+wheels=""
+for dir in $candidates; do
+  if ls "$dir"/torch-"$torch_pin"+cpu-cp311-*.whl > /dev/null 2>&1; then wheels=$dir; break; fi
+done
+[[ -n $wheels ]] || die "no torch-$torch_pin+cpu cp311 wheel in: $candidates (set TORCH_WHEELS)"
 
 # 4. Stand-in base: Debian bookworm (python 3.11, like the CPU wheel) with a venv on PATH where the CUDA
 #    base has conda's python and pip. Made with mmdebstrap from the apt sources this machine uses.
