@@ -1,4 +1,4 @@
-"""``augpaint`` command line: every stage, the whole pipeline, compile and the phantom.
+"""``augpaint`` command line: every stage, the whole pipeline, compile, export and the phantom.
 
 ``run`` and ``compile`` live in the KFP layer (``pipelines/``); they are loaded
 by module name only when asked for, so the core never imports kfp.
@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None)
     p.add_argument("--namespace", default=None)
     p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("doctor", help="check a Kubeflow profile namespace before submitting (one line per check)")
+    p.add_argument("--namespace", default=None, help="profile namespace (default: the kubeconfig context's)")
+    p.add_argument("--host", default=None, help="KFP API URL, to ask it its version (default: read the "
+                                                "kubeflow/ml-pipeline deployment)")
+    p.add_argument("--config", default=None, help="preset whose cluster section the pipeline is compiled with")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--image", default=None, help="component image (default $AUGPAINT_IMAGE or the components' "
+                                                 "default)")
+    p.add_argument("--kubeconfig", default=None, help="default $KUBECONFIG, ~/.kube/config, else in-cluster")
+    p.add_argument("--context", default=None, help="kubeconfig context")
     p = sub.add_parser("sync-tracking", help="replay MLflow records kept while the server was down")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--spool", default=None, help="spool folder or s3:// prefix (default $AUGPAINT_MLFLOW_SPOOL)")
@@ -118,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "randaug, augpaint, cond_augpaint)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
     p.add_argument("--force", action="store_true", help="replace a finished experiment")
+    p = sub.add_parser("export", help="write a dataset (+ kept synthetic pairs) as an nnU-Net v2 raw dataset")
+    p.add_argument("--format", dest="fmt", default="nnunet", choices=["nnunet"], help="target layout")
+    p.add_argument("--in", dest="dataset", required=True, help="slice dataset artifact")
+    p.add_argument("--synthetic", default=None, help="kept synthetic pairs (a filter output) made from --in")
+    p.add_argument("--out", required=True, help="new folder named DatasetNNN_Name")
+    p.add_argument("--include-val", action="store_true", help="also put the labeled validation slices in imagesTr")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p = sub.add_parser("make-phantom", help="write the built-in phantom in nnU-Net v2 raw format")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -227,6 +244,17 @@ def main(argv: list[str] | None = None) -> int:
                                  tracking_uri=args.tracking_uri, force=args.force)
             print((Path(out) / "table.md").read_text())
             print(f"experiment: wrote {out}")
+        elif args.command == "export":
+            import json
+
+            from .data.export import export_nnunet
+
+            out = export_nnunet(args.dataset, args.out, synthetic=args.synthetic, include_val=args.include_val,
+                                force=args.force)
+            c = json.loads((Path(out) / "artifact.json").read_text())["counts"]
+            print(f"export: wrote {out} ({c['training']} training cases: {c['training_real']} real + "
+                  f"{c['training_synthetic']} synthetic from {c['training_patients']} patient(s); {c['test']} test "
+                  f"cases from {c['test_patients']} patient(s))")
         elif args.command == "make-phantom":
             from .data.phantom import write_phantom
 
@@ -245,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module("pipelines.local").run_expansion_local(
                 cfg, args.incoming, args.versions, Path(args.out), args.tracking_uri, retrain=args.retrain,
                 model_prefix=args.model_prefix)
+        elif args.command == "doctor":
+            cfg = load_config(args.config, args.set) if args.config else None
+            if args.set and cfg is None:
+                raise AugPaintError("--set needs --config")
+            return importlib.import_module("pipelines.doctor").doctor(
+                args.namespace, cfg=cfg, host=args.host, image=args.image, kubeconfig=args.kubeconfig,
+                context=args.context)
         elif args.command in ("compile", "submit", "schedule", "runs", "sync-tracking"):
             _kfp_command(args)
     except AugPaintError as err:

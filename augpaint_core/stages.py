@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "filter": "segmentation.filter:filter_synthetic",
     "train-seg": "segmentation.train_seg:train_seg",
     "evaluate": "segmentation.evaluate:evaluate",
+    "export": "data.export:export_stage",
 }
 
 

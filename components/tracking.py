@@ -29,10 +29,30 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def close_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus):
-    """Exit handler: replay spooled records, then close this pipeline run's parent MLflow run with its final state."""
+    """Exit handler: replay spooled records, then close this pipeline run's parent MLflow run with its final state.
+
+    The KFP backend reports the final state from MLMD (``COMPLETE``); kfp.local says ``SUCCEEDED``.
+    A state MLflow has no name for is closed as FAILED and kept verbatim in the ``kfp.final_state`` tag.
+    """
+    import sys
+
+    from augpaint_core.errors import AugPaintError
     from augpaint_core.infra.tracking import close_parent_runs
 
-    state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
-    if tracking_uri != "none":
-        close_parent_runs(tracking_uri, experiment, kfp_run_id, state.get(str(status.state).upper(), "FAILED"),
-                          offline_ok=True)
+    # The mapping lives inside the function: KFP ships only the function's source to the pod.
+    states = {"COMPLETE": "FINISHED", "SUCCEEDED": "FINISHED", "CACHED": "FINISHED", "FAILED": "FAILED",
+              "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+    raw = str(status.state or "").strip().upper()
+    if tracking_uri == "none":
+        return
+    mlflow_status = states.get(raw)
+    if mlflow_status is None:
+        print(f"augpaint close-tracking: KFP final state {raw or '(empty)'!r} has no MLflow equivalent; "
+              "closing the run as FAILED, the state is in tag kfp.final_state", file=sys.stderr)
+        mlflow_status = "FAILED"
+    try:
+        close_parent_runs(tracking_uri, experiment, kfp_run_id, mlflow_status, offline_ok=True,
+                          tags={"kfp.final_state": raw})
+    except AugPaintError as err:  # e.g. HTTP 403: an access problem, not an outage (nothing was spooled)
+        print(f"augpaint close-tracking: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -12,6 +12,7 @@ from kfp import dsl
 
 from augpaint_core.config import AugPaintConfig
 from components.evaluate import evaluate
+from components.export import export_nnunet
 from components.filter import filter_synthetic
 from components.inpaint import inpaint, merge_inpaint_shards
 from components.preprocess import preprocess
@@ -45,7 +46,8 @@ def build_pipeline(cfg: Optional[AugPaintConfig] = None):
     @dsl.pipeline(name="augpaint", description="AugPaint: inpainting augmentation for few-label segmentation; "
                                                 "trains AE+LDM, inpaints, filters, trains and evaluates U-Nets.")
     def augpaint_pipeline(config_yaml: str = default_yaml, tracking_uri: str = "", experiment: str = "augpaint",
-                          input_dir: str = "", data_version: str = "builtin", kfp_ui_url: str = ""):
+                          input_dir: str = "", data_version: str = "builtin", kfp_ui_url: str = "",
+                          export_nnunet_as: str = ""):
         """AugPaint end to end.
 
         Args:
@@ -58,6 +60,8 @@ def build_pipeline(cfg: Optional[AugPaintConfig] = None):
             data_version: a label for the input data; change it when the data changes so cached steps rerun
                 (preprocess and training are cached per data version, evaluation never).
             kfp_ui_url: KFP UI base URL, used to link the MLflow run back to this pipeline run.
+            export_nnunet_as: empty (default) skips it; a name like Dataset500_AugPaint ends the run with an
+                nnU-Net v2 raw dataset of the labeled + kept synthetic slices under that name.
         """
         # The exit task may not depend on other tasks, so it finds the parent run by its KFP run-id tag.
         closer = close_tracking(tracking_uri=tracking_uri, experiment=experiment,
@@ -97,6 +101,9 @@ def build_pipeline(cfg: Optional[AugPaintConfig] = None):
                              "train-seg", gpu=True, retry=True)
             stage_task(evaluate(dataset=ds, baseline=base.outputs["segmenter"], augpaint=aug.outputs["segmenter"],
                                 **common), cluster, "evaluate", gpu=True, cache=False)
+            with dsl.If(export_nnunet_as != "", name="export-nnunet-enabled"):
+                stage_task(export_nnunet(dataset=ds, filtered=flt.outputs["filtered"], nnunet_name=export_nnunet_as,
+                                         **common), cluster, "export")
 
     return augpaint_pipeline
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -53,8 +54,32 @@ def _experiment_id(client, uri: str, name: str) -> str:
             location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         return client.create_experiment(name, artifact_location=location)
     except Exception as err:
-        raise AugPaintError(f"MLflow at {uri}: unreachable or failing ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:200]})") from None
+        raise _unreachable(uri, err) from None
+
+
+class TrackingAccessDenied(AugPaintError):
+    """MLflow answered 401/403: a setup error, never spooled."""
+
+
+def _denied(uri: str, err: BaseException) -> AugPaintError | None:
+    """An HTTP 401/403 answer as a one-line access error (None for anything else).
+
+    A 403 comes from an Istio sidecar's RBAC, MLflow's --allowed-hosts or its auth: the server is
+    up and refusing us, so spooling would only hide a setup error until every record is stale.
+    """
+    if isinstance(err, TrackingAccessDenied):
+        return err
+    code = str(getattr(err, "error_code", "") or "")
+    text = str(err)
+    m = re.search(r"error code (40[13])\b", text)
+    if code not in ("PERMISSION_DENIED", "UNAUTHENTICATED") and not m:
+        return None
+    status = m.group(1) if m else ("401" if code == "UNAUTHENTICATED" else "403")
+    body = re.search(r"Response body: '([^']*)", text)
+    why = " ".join((body.group(1) if body else text).split())[:120]
+    return TrackingAccessDenied(f"MLflow at {uri}: access denied (HTTP {status}: {why}); nothing was spooled: "
+                                "check the server's --allowed-hosts, that its pod has sidecar.istio.io/inject: "
+                                "\"false\" (or an AuthorizationPolicy admits pipeline pods), and the credentials")
 
 
 OFFLINE_PREFIX = "offline-"
@@ -84,6 +109,9 @@ class Spool:
         self._tmp: Path | None = None
 
     def went_down(self, err: BaseException) -> None:
+        denied = _denied(os.environ.get("MLFLOW_TRACKING_URI", "the tracking server"), err)
+        if denied is not None:  # refused, not down: fail loudly instead of spooling
+            raise denied from None
         if not self.down:
             log.warning("MLflow unreachable (%s: %s); keeping tracking records in %s until it is back",
                         type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "", self.uri)
@@ -212,6 +240,9 @@ class Tracker:
 
 
 def _unreachable(uri: str, err: BaseException) -> AugPaintError:
+    denied = _denied(uri, err)
+    if denied is not None:
+        return denied
     return AugPaintError(f"MLflow at {uri}: unreachable or failing ({type(err).__name__}: "
                          f"{(str(err).splitlines() or [''])[0][:200]})")
 
@@ -257,7 +288,7 @@ def start_parent_run(uri: str | None, experiment: str, run_name: str, tags: dict
 
 
 def close_parent_runs(uri: str | None, experiment: str, kfp_run_id: str, status: str = "FINISHED", *,
-                      offline_ok: bool = False) -> int:
+                      offline_ok: bool = False, tags: dict[str, str] | None = None) -> int:
     """Close the parent run(s) tagged with this KFP run id; returns how many were closed.
 
     Records spooled while the server was down are replayed first. With ``offline_ok`` an
@@ -269,6 +300,7 @@ def close_parent_runs(uri: str | None, experiment: str, kfp_run_id: str, status:
         kfp_run_id: the ``kfp.pipeline_run_id`` tag value.
         status: FINISHED, FAILED or KILLED.
         offline_ok: spool instead of failing when the server is unreachable.
+        tags: set on each closed run first (e.g. ``kfp.final_state``; not kept when spooled).
     """
     uri = resolve_uri(uri)
     client = _client(uri)
@@ -279,10 +311,12 @@ def close_parent_runs(uri: str | None, experiment: str, kfp_run_id: str, status:
             [exp.experiment_id], filter_string=f"tags.`kfp.pipeline_run_id` = '{kfp_run_id}'")
         for r in runs:
             if r.info.status == "RUNNING":
+                for k, v in (tags or {}).items():
+                    client.set_tag(r.info.run_id, k, v)
                 client.set_terminated(r.info.run_id, status=status)
         return len(runs)
     except Exception as err:  # noqa: BLE001
-        if not offline_ok:
+        if not offline_ok or _denied(uri, err) is not None:
             raise _unreachable(uri, err) from None
         spool = Spool()
         spool.went_down(err)

@@ -21,6 +21,9 @@ class FakeKfp:
         self.runs: list[dict] = []
         self.recurring: list[dict] = []
         self.fail_status: int | None = None  # answer every API call with this status
+        # What GET /apis/v2beta1/healthz answers (the KFP API server writes tag_name from its TAG_NAME env).
+        self.tag_name = "2.15.0"
+        self.multi_user = False
 
 
 def _handler(state: FakeKfp):
@@ -45,7 +48,8 @@ def _handler(state: FakeKfp):
             q = urllib.parse.parse_qs(url.query)
             state.requests.append(("GET", url.path, {k: v[0] for k, v in q.items()}))
             if url.path.endswith("/healthz"):
-                return self._send(200, {"multi_user": False})
+                return self._send(200, {"commit_sha": "0123abc", "tag_name": state.tag_name,
+                                        "multi_user": state.multi_user})
             if state.fail_status:
                 return self._send(state.fail_status, {"error": "denied", "code": 7, "message": "denied"})
             if url.path == "/apis/v2beta1/experiments":

@@ -83,3 +83,74 @@ def test_parse_params(bad):
             parse_params([bad])
     else:
         assert parse_params([bad, "n=3", "flag=true"]) == {"a": "1=2", "n": 3, "flag": True}
+
+
+def _kubeconfig(path, namespace: str | None) -> str:
+    ctx = {"cluster": "c", "user": "u", **({"namespace": namespace} if namespace else {})}
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kf",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "kf", "context": ctx}]}))
+    return str(path)
+
+
+@pytest.mark.parametrize("tag", ["2.5.0", "2.4.1", "2.13.9"])
+def test_submit_refuses_a_kfp_backend_older_than_2_14(tmp_path, capsys, tag):
+    pkg = tmp_path / "p.yaml"
+    main(["compile", "--out", str(pkg)])
+    with fake_kfp() as (host, state):
+        state.tag_name = tag
+        capsys.readouterr()
+        assert main(["submit", "--host", host, "--package", str(pkg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is version {tag}" in err and "2.14 or newer" in err
+        assert "Kubeflow 1.11" in err
+        assert not _posts(state, "/apis/v2beta1/runs")  # nothing was created
+        assert main(["schedule", "--host", host, "--package", str(pkg), "--cron", "0 0 3 * * 1", "--name", "w"]) == 2
+        assert not _posts(state, "/apis/v2beta1/recurringruns")
+
+
+@pytest.mark.parametrize("tag", ["2.14.0", "2.17.1", "v2.16.0"])
+def test_submit_accepts_kfp_2_14_and_newer(tmp_path, tag):
+    pkg = tmp_path / "p.yaml"
+    main(["compile", "--out", str(pkg)])
+    with fake_kfp() as (host, state):
+        state.tag_name = tag
+        assert main(["submit", "--host", host, "--package", str(pkg)]) == 0
+        assert len(_posts(state, "/apis/v2beta1/runs")) == 1
+
+
+def test_unknown_backend_version_warns_and_goes_on(tmp_path, capsys):
+    pkg = tmp_path / "p.yaml"
+    main(["compile", "--out", str(pkg)])
+    with fake_kfp() as (host, state):
+        state.tag_name = "unknown"  # dev builds of the API server
+        capsys.readouterr()
+        assert main(["submit", "--host", host, "--package", str(pkg)]) == 0
+        assert "reports version 'unknown'" in capsys.readouterr().err
+
+
+def test_namespace_defaults_to_the_kubeconfig_context(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no kfp context file, no ~/.kube/config
+    pkg = tmp_path / "p.yaml"
+    main(["compile", "--out", str(pkg)])
+    with fake_kfp() as (host, state):
+        state.multi_user = True
+        # Multi-user and no namespace anywhere: one line that says how to set it.
+        monkeypatch.setenv("KUBECONFIG", _kubeconfig(tmp_path / "none.yaml", None))
+        capsys.readouterr()
+        assert main(["submit", "--host", host, "--package", str(pkg)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--namespace" in err and "set-context" in err
+        assert not _posts(state, "/apis/v2beta1/runs")
+        # The context's namespace is used...
+        monkeypatch.setenv("KUBECONFIG", _kubeconfig(tmp_path / "kc.yaml", "team-a"))
+        assert main(["submit", "--host", host, "--package", str(pkg)]) == 0
+        assert _posts(state, "/apis/v2beta1/experiments")[-1]["namespace"] == "team-a"
+        # ... unless --namespace says otherwise.
+        assert main(["submit", "--host", host, "--package", str(pkg), "--namespace", "team-b",
+                     "--experiment", "other"]) == 0
+        assert _posts(state, "/apis/v2beta1/experiments")[-1]["namespace"] == "team-b"
+        assert main(["runs", "--host", host]) == 0
+        runs_q = [q for m, p, q in state.requests if m == "GET" and p == "/apis/v2beta1/runs"][-1]
+        assert runs_q["namespace"] == "team-a"
