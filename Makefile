@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check -q
 QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: demo test test-fast tools compile clean venv lock image manifests
+.PHONY: demo test test-fast tools compile clean venv lock image image-test manifests
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ lock: $(STAMP)
 
 image:
 	docker/build.sh
+
+# docker/Dockerfile on a Debian stand-in base (podman, CPU torch wheel), then the tiny pipeline with every
+# component in that image (kfp.local.DockerRunner). Root only: installs podman with apt-get when missing.
+image-test: $(STAMP)
+	docker/image_test.sh
 
 manifests:
 	for o in manifests/overlays/*/; do kubectl kustomize $$o > /dev/null && echo "rendered $$o"; done
