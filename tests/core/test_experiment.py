@@ -9,7 +9,7 @@ from PIL import Image
 
 from augpaint_core.cli import main
 from augpaint_core.errors import AugPaintError
-from augpaint_core.experiment import run_experiment, summarize
+from augpaint_core.experiment import markdown, run_experiment, summarize
 from tests.conftest import tiny_dict
 
 VARIANTS = ["baseline", "randaug", "augpaint", "cond_augpaint"]
@@ -101,3 +101,92 @@ def test_cli_rejects_bad_experiment_arguments(tmp_path, capsys):
     assert main(base + ["--labeled", "1,x"]) == 2
     assert "--labeled" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17: augmentation variants, controls and paired statistics
+
+from augpaint_core.experiment import bootstrap_ci, error_split, paired_gain  # noqa: E402
+
+NEW_VARIANTS = ["baseline", "baseline_aug", "augpaint", "augpaint_aug", "oracle_paste", "augpaint_random50",
+                "augpaint_bottom50", "augpaint_all"]
+
+
+@pytest.fixture(scope="module")
+def controls(tmp_path_factory):
+    from augpaint_core.config import parse_config
+
+    d = tmp_path_factory.mktemp("exp17")
+    cfg = parse_config(tiny_dict(), "tiny")
+    out = run_experiment(cfg, d / "out", splits=1, labeled=[1], variants=NEW_VARIANTS, tracking_uri="none")
+    return out, cfg
+
+
+def test_bootstrap_ci_is_seeded_and_covers_the_mean():
+    x = [4.0, 6.0, 5.0, 7.0, 3.0]
+    lo, hi = bootstrap_ci(x, seed=1)
+    assert (lo, hi) == bootstrap_ci(x, seed=1)
+    assert lo < np.mean(x) < hi and lo > 0  # consistently positive differences exclude 0
+    lo, hi = bootstrap_ci([-3.0, 2.0, -1.0, 3.0, -2.0], seed=1)
+    assert lo < 0 < hi
+    assert bootstrap_ci([5.0, 5.0, 5.0]) == (5.0, 5.0)
+
+
+def test_paired_gain_pairs_by_split_against_its_reference():
+    res = [{"variant": v, "split": s, "labeled": 1, "mean_dice": d, "mean_hd95": 1.0,
+            "per_case_dice": {"a": d, "b": d + 0.1}}
+           for v, s, d in [("baseline_aug", 0, 0.5), ("baseline_aug", 1, 0.3), ("augpaint_aug", 1, 0.4),
+                           ("augpaint_aug", 0, 0.6), ("baseline", 0, 0.0), ("baseline", 1, 0.0)]]
+    g = paired_gain(res, "augpaint_aug", "baseline_aug", 1)
+    assert g["per_split"] == pytest.approx([10.0, 10.0]) and g["ci95"] == pytest.approx([10.0, 10.0])
+    assert g["num_case_pairs"] == 4 and g["ci95_cases"] == pytest.approx([10.0, 10.0])
+    s = summarize(res, ["baseline", "baseline_aug", "augpaint_aug"], [1])
+    refs = {(x["variant"], x["reference"]) for x in s["gaps"]}
+    assert refs == {("baseline_aug", "baseline"), ("augpaint_aug", "baseline"), ("augpaint_aug", "baseline_aug")}
+    md = markdown(s, ["baseline", "baseline_aug", "augpaint_aug"], [1], "t")
+    assert "| AugPaint + aug - U-Net + aug | +10.00 ± 0.00 [+10.0, +10.0] (+10.0, +10.0) |" in md
+
+
+def test_error_split_counts_false_positives_outside_the_boxes():
+    gt = np.zeros((2, 8, 8), np.uint8)
+    gt[0, 2:4, 2:4] = 1  # box rows/cols 0..3 after rounding to the 4-px grid
+    pred = gt.copy()
+    pred[0, 6, 6] = 1  # a false positive outside the box
+    pred[0, 2, 2] = 0  # a miss inside it
+    pred[0, 0, 0] = 1  # a false positive inside the (rounded) box
+    pred[1, 1, 1] = 2  # a slice without foreground: any prediction is outside every box
+    e = error_split(pred, gt)
+    assert e["fp_outside_boxes"] == 2 and e["errors_inside_boxes"] == 2 and e["errors_total"] == 4
+    assert e["outside_fraction"] == pytest.approx(0.5) and e["slices_with_fp_outside"] == 2
+
+
+def test_augmentation_variants_and_controls_end_to_end(controls):
+    from augpaint_core.data.dataset import load_dataset
+    from augpaint_core.infra.artifacts import read_artifact_meta
+
+    out, cfg = controls
+    res = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert set(res) == set(NEW_VARIANTS)
+    for v in NEW_VARIANTS:  # on-the-fly augmentation only where the variant asks for it
+        meta = read_artifact_meta(res[v]["paths"]["segmenter"])
+        assert meta["config"]["seg"]["augment"]["enabled"] == (v in ("baseline_aug", "augpaint_aug"))
+        e = res[v]["errors"]
+        assert e["errors_total"] == e["fp_outside_boxes"] + e["errors_inside_boxes"]
+        assert set(res[v]["per_case_dice"]) and len(res[v]["per_case_dice"]) == res[v]["num_test_cases"]
+    f = {v: res[v]["filter"] for v in NEW_VARIANTS if v.startswith(("augpaint", "oracle"))}
+    n = f["augpaint"]["num_in"]
+    assert f["augpaint_all"]["num_kept"] == n and f["augpaint_all"]["selection"] == "all"
+    half = int(np.ceil(cfg.filter.keep_fraction * n))
+    for v in ("augpaint", "augpaint_random50", "augpaint_bottom50"):
+        assert f[v]["num_kept"] == half and 1 <= f[v]["distinct_sources_kept"] <= f[v]["distinct_sources_pool"]
+    assert f["augpaint_all"]["distinct_sources_kept"] == f["augpaint"]["distinct_sources_pool"]
+    work = out / "work" / "split0" / "k1"
+    scores = {r["index"]: r["score"] for r in json.loads((work / "flt_augpaint" / "scores.json").read_text())}
+    top = [r["provenance"]["synthetic_index"] for r in load_dataset(work / "flt_augpaint").records]
+    bottom = [r["provenance"]["synthetic_index"] for r in load_dataset(work / "flt_augpaint_bottom").records]
+    assert min(scores[i] for i in top) >= max(scores[i] for i in bottom) or set(top) == set(bottom)
+    assert sorted(bottom) == sorted(sorted(scores, key=lambda i: (scores[i], i))[:half])
+    oracle = load_dataset(work / "syn_oracle").records
+    assert {r["provenance"]["sampler"] for r in oracle} == {"oracle_paste"}
+    md = (out / "table.md").read_text()
+    assert "AugPaint + aug - U-Net + aug" in md and "Oracle paste - U-Net" in md and "95% bootstrap CI" in md
