@@ -159,6 +159,31 @@ def error_split(pred: np.ndarray, labels: np.ndarray) -> dict:
             "slices_with_fp_outside": int((wrong & ~boxes).any((1, 2)).sum()), "num_slices": int(len(pred))}
 
 
+def equal_size_fd(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) -> dict:
+    """Fréchet distance of synthetic to real features at equal set sizes, with real-vs-real for scale.
+
+    FD is biased by the set size (fewer samples, larger distance), so both distances use ``n`` samples per
+    side: two disjoint random halves of the real set give the real-vs-real value, one of them is also the
+    real side of real-vs-synthetic.
+
+    Args:
+        real: (M, D) features of real slices (M >= 4).
+        synthetic: (N, D) features of synthetic slices (N >= 2).
+        seed: subsampling seed.
+    """
+    from .segmentation.quality import frechet_distance
+
+    rng = np.random.default_rng(seed)
+    n = min(len(synthetic), len(real) // 2)
+    if n < 2:
+        raise AugPaintError(f"equal_size_fd: need >= 2 synthetic and >= 4 real samples, got {len(synthetic)} "
+                            f"and {len(real)}")
+    perm = rng.permutation(len(real))
+    a, b = real[perm[:n]], real[perm[n:2 * n]]
+    syn = synthetic[np.sort(rng.choice(len(synthetic), n, replace=False))]
+    return {"n": int(n), "fd_synthetic": frechet_distance(a, syn), "fd_real_real": frechet_distance(a, b)}
+
+
 def bootstrap_ci(x: list[float] | np.ndarray, *, level: float = 0.95, n_boot: int = 10000, seed: int = 0
                  ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of paired differences (seeded).

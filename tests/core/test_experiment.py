@@ -190,3 +190,17 @@ def test_augmentation_variants_and_controls_end_to_end(controls):
     assert {r["provenance"]["sampler"] for r in oracle} == {"oracle_paste"}
     md = (out / "table.md").read_text()
     assert "AugPaint + aug - U-Net + aug" in md and "Oracle paste - U-Net" in md and "95% bootstrap CI" in md
+
+
+def test_equal_size_fd_scales_with_the_shift():
+    from augpaint_core.experiment import equal_size_fd
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 4))
+    same = equal_size_fd(real, rng.normal(size=(50, 4)), seed=0)
+    far = equal_size_fd(real, rng.normal(loc=3.0, size=(50, 4)), seed=0)
+    assert same["n"] == far["n"] == 50
+    assert far["fd_synthetic"] > 10 * same["fd_real_real"]  # a 3-sigma shift in 4 dims: FD about 36
+    assert same["fd_synthetic"] < 3 * same["fd_real_real"] + 0.5
+    with pytest.raises(AugPaintError, match="equal_size_fd"):
+        equal_size_fd(real[:3], real[:1])
