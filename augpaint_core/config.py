@@ -155,6 +155,12 @@ class InpaintConfig(_Strict):
         "box", description="kept region: union of per-class bounding boxes (the paper), or the label shape "
                            "(ablation, paper Table 6); both rounded outward to the AE's 4x4 latent grid")
     box_margin: int = Field(0, ge=0, description="pixels added around the kept region before rounding")
+    big_box: Literal["label", "skip", "keep"] = Field(
+        "label", description="a source whose kept box covers more than big_box_fraction of the image: keep only "
+                             "the label shape (grown by box_margin) instead, skip the source with a warning, or "
+                             "keep the box anyway (the paper)")
+    big_box_fraction: float = Field(0.5, gt=0.0, le=1.0, description="kept-box area, as a fraction of the image, "
+                                                                      "above which big_box applies")
     mask_flip: bool = Field(False, description="randomly flip image+label vertically or horizontally before "
                                                "inpainting (paper section 4.4; on for BraTS)")
     repaint_jump_length: PositiveInt = Field(10, description="RePaint: steps jumped back per resampling")
@@ -194,6 +200,41 @@ class PixelDMConfig(_Strict):
         return self
 
 
+class AugmentConfig(_Strict):
+    """On-the-fly augmentation of segmenter training batches (``augpaint_core.segmentation.onthefly``).
+
+    Defaults are nnU-Net's 2D recipe: each transform fires per image with its probability ``p_*``."""
+
+    enabled: bool = Field(False, description="augment every training batch on its device")
+    p_rotation: float = Field(0.2, ge=0.0, le=1.0)
+    rotation_deg: float = Field(180.0, ge=0.0, le=180.0, description="rotation uniform in [-deg, deg]")
+    p_scale: float = Field(0.2, ge=0.0, le=1.0)
+    scale: tuple[PositiveFloat, PositiveFloat] = Field((0.7, 1.4), description="zoom range (> 1 enlarges)")
+    p_flip: float = Field(0.5, ge=0.0, le=1.0, description="mirroring, per axis")
+    elastic: bool = Field(False, description="elastic deformation (off in nnU-Net v2)")
+    p_elastic: float = Field(0.2, ge=0.0, le=1.0)
+    elastic_magnitude: float = Field(0.03, ge=0.0, description="displacement std as a fraction of the image size")
+    elastic_grid: int = Field(4, ge=2, description="control points per side of the smooth displacement field")
+    p_noise: float = Field(0.1, ge=0.0, le=1.0)
+    noise_std: float = Field(0.05, ge=0.0, description="Gaussian noise std, uniform in [0, this], on [0, 1]")
+    p_blur: float = Field(0.2, ge=0.0, le=1.0)
+    blur_sigma: tuple[PositiveFloat, PositiveFloat] = (0.5, 1.0)
+    p_brightness: float = Field(0.15, ge=0.0, le=1.0)
+    brightness: tuple[PositiveFloat, PositiveFloat] = Field((0.75, 1.25), description="multiplicative")
+    p_contrast: float = Field(0.15, ge=0.0, le=1.0)
+    contrast: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.25)
+    p_gamma: float = Field(0.3, ge=0.0, le=1.0)
+    gamma: tuple[PositiveFloat, PositiveFloat] = (0.7, 1.5)
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentConfig":
+        for name in ("scale", "blur_sigma", "brightness", "contrast", "gamma"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"seg.augment.{name} {[lo, hi]} must be [low, high] with low <= high")
+        return self
+
+
 class SegConfig(_Strict):
     """Segmenter (``augpaint_core.segmenters``); unet = MONAI BasicUNet: features = 5 encoder widths + the
     decoder's last width."""
@@ -226,6 +267,7 @@ class SegConfig(_Strict):
     batch_size: PositiveInt = 4
     lr: PositiveFloat = 5e-4
     val_checks: PositiveInt = Field(10, description="validations (best-checkpoint choice) spread over training")
+    augment: AugmentConfig = Field(AugmentConfig(), description="on-the-fly batch augmentation (nnU-Net style)")
 
 
 class FilterConfig(_Strict):

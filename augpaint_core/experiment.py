@@ -14,6 +14,15 @@ labeled count k, in process (no KFP):
 Variants: ``baseline`` (U-Net on S^l), ``unimatch`` (S^l + UniMatch consistency on S^u), ``randaug``,
 ``augpaint``, ``cond_augpaint``, ``augpaint_unimatch`` (AugPaint pool + UniMatch, the paper's Table 3) and
 ``augpaint_strict`` (the AugPaint pool filtered with ``filter.reject_background`` and ``filter.ood_reject``).
+``baseline_aug`` and ``augpaint_aug`` add on-the-fly augmentation (``seg.augment``, nnU-Net style) to the
+segmenter training: does AugPaint add to standard augmentation? Controls: ``oracle_paste`` (the labeled boxes
+pasted into real slices of other patients: the ceiling for any background generator) and the filter controls
+``augpaint_random50``, ``augpaint_bottom50``, ``augpaint_all`` (the same AugPaint pool, a random half, the
+worst-scored half, everything). Every variant gets the same segmenter budget.
+
+Statistics: every gain is a paired difference per split (same test cases), with a seeded 95% percentile
+bootstrap confidence interval over splits, and one over (split, test case) units; the record of every variant
+splits its test errors into false positives outside the kept boxes and errors inside them.
 
 Every variant is an MLflow run (tags ``augpaint.variant``, ``augpaint.split``, ``augpaint.labeled``) under one
 parent run, so the compare view shows them side by side. Outputs: ``table.md`` / ``table.csv`` (mean ± std
@@ -48,7 +57,17 @@ VARIANTS = {  # name -> (table label, pool, semi-supervised)
     "augpaint": ("AugPaint", "augpaint", False),
     "augpaint_unimatch": ("AugPaint + UniMatch", "augpaint", True),
     "augpaint_strict": ("AugPaint, strict filter", "augpaint_strict", False),
+    "baseline_aug": ("U-Net + aug", None, False),
+    "augpaint_aug": ("AugPaint + aug", "augpaint", False),
+    "oracle_paste": ("Oracle paste", "oracle", False),
+    "augpaint_random50": ("AugPaint, random half", "augpaint_random", False),
+    "augpaint_bottom50": ("AugPaint, bottom half", "augpaint_bottom", False),
+    "augpaint_all": ("AugPaint, all samples", "augpaint_all", False),
 }
+ONTHEFLY = {"baseline_aug", "augpaint_aug"}  # variants trained with seg.augment on
+REFERENCES = {"augpaint_aug": "baseline_aug"}  # paired comparisons besides the one with the U-Net
+CONTROL_POOLS = {"augpaint_random": "random", "augpaint_bottom": "bottom", "augpaint_all": "all"}
+AUGPAINT_POOLS = {"augpaint", "augpaint_strict", *CONTROL_POOLS}
 DEFAULT_VARIANTS = ("baseline", "randaug", "augpaint", "cond_augpaint")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
@@ -68,9 +87,11 @@ def _once(path: Path, fn: Callable[[], object]) -> Path:
     return path
 
 
-def _variant_cfg(cfg: AugPaintConfig, semi: bool) -> AugPaintConfig:
+def _variant_cfg(cfg: AugPaintConfig, semi: bool, augment: bool = False) -> AugPaintConfig:
     c = cfg.model_copy(deep=True)
     c.seg.semi_supervised = "unimatch" if semi else "none"
+    if augment:
+        c.seg.augment.enabled = True
     return c
 
 
@@ -89,6 +110,114 @@ def split_config(cfg: AugPaintConfig, split: int) -> AugPaintConfig:
     if cfg.data.split_seed is not None:
         c.data.split_seed = cfg.data.split_seed + split
     return c
+
+
+def control_pool(cfg: AugPaintConfig, synthetic: Path, filtered: Path, mode: str, out: Path) -> Path:
+    """A filter control from the same pool and scores: a random subset, the worst-scored, or all samples.
+
+    Args:
+        cfg: config (``filter.keep_fraction`` sets the size, ``seed`` the random draw).
+        synthetic: the unfiltered pool.
+        filtered: the top-fraction filter output of that pool (its ``scores.json`` is reused).
+        mode: ``random``, ``bottom`` or ``all``.
+        out: output dataset artifact.
+    """
+    from .data.dataset import load_dataset, save_dataset
+    from .infra.artifacts import atomic_dir
+
+    syn = load_dataset(synthetic)
+    scores = np.array([r["score"] for r in sorted(json.loads((filtered / "scores.json").read_text()),
+                                                  key=lambda r: r["index"])])
+    n = len(scores)
+    k = max(1, int(np.ceil(cfg.filter.keep_fraction * n)))
+    if mode == "all":
+        keep = np.arange(n)
+    elif mode == "bottom":
+        keep = np.lexsort((np.arange(n), scores))[:k]
+    elif mode == "random":
+        keep = np.sort(np.random.default_rng(cfg.seed + 11).choice(n, k, replace=False))
+    else:
+        raise AugPaintError(f"control pool {mode!r}: choose random, bottom or all")
+    kept = syn.select(keep)
+    for r, i in zip(kept.records, keep):
+        r["provenance"] = {**r["provenance"], "filter_score": float(scores[i]), "synthetic_index": int(i)}
+    with atomic_dir(out) as tmp:
+        save_dataset(kept, tmp)
+        write_artifact_meta(tmp, kind="dataset", stage="filter-control", config=cfg.model_dump(mode="json"),
+                            seed=cfg.seed, inputs={"synthetic": synthetic, "filtered": filtered},
+                            extra={"selection": mode, "num_in": n, "num_kept": len(keep),
+                                   "score_mean_kept": float(scores[keep].mean())})
+    return out
+
+
+def distinct_sources(records: list[dict]) -> int:
+    """How many distinct source slices the synthetic records come from."""
+    return len({(r.get("provenance") or {}).get("source_index") for r in records})
+
+
+def error_split(pred: np.ndarray, labels: np.ndarray) -> dict:
+    """Split a model's pixel errors into false positives outside the kept boxes and errors inside them.
+
+    The kept box of a slice is what AugPaint would keep (union of the per-class boxes of its ground truth);
+    outside it every error is a false positive, the part a better background could teach away.
+
+    Args:
+        pred: (N, H, W) predicted labels.
+        labels: (N, H, W) ground truth.
+    """
+    from .generative.masks import box_mask
+
+    boxes = np.stack([box_mask(np.asarray(y)) for y in labels])
+    wrong = pred != labels
+    out_fp = int((wrong & ~boxes).sum())
+    inside = int((wrong & boxes).sum())
+    total = out_fp + inside
+    return {"fp_outside_boxes": out_fp, "errors_inside_boxes": inside, "errors_total": total,
+            "outside_fraction": out_fp / total if total else 0.0,
+            "slices_with_fp_outside": int((wrong & ~boxes).any((1, 2)).sum()), "num_slices": int(len(pred))}
+
+
+def equal_size_fd(real: np.ndarray, synthetic: np.ndarray, seed: int = 0) -> dict:
+    """Fréchet distance of synthetic to real features at equal set sizes, with real-vs-real for scale.
+
+    FD is biased by the set size (fewer samples, larger distance), so both distances use ``n`` samples per
+    side: two disjoint random halves of the real set give the real-vs-real value, one of them is also the
+    real side of real-vs-synthetic.
+
+    Args:
+        real: (M, D) features of real slices (M >= 4).
+        synthetic: (N, D) features of synthetic slices (N >= 2).
+        seed: subsampling seed.
+    """
+    from .segmentation.quality import frechet_distance
+
+    rng = np.random.default_rng(seed)
+    n = min(len(synthetic), len(real) // 2)
+    if n < 2:
+        raise AugPaintError(f"equal_size_fd: need >= 2 synthetic and >= 4 real samples, got {len(synthetic)} "
+                            f"and {len(real)}")
+    perm = rng.permutation(len(real))
+    a, b = real[perm[:n]], real[perm[n:2 * n]]
+    syn = synthetic[np.sort(rng.choice(len(synthetic), n, replace=False))]
+    return {"n": int(n), "fd_synthetic": frechet_distance(a, syn), "fd_real_real": frechet_distance(a, b)}
+
+
+def bootstrap_ci(x: list[float] | np.ndarray, *, level: float = 0.95, n_boot: int = 10000, seed: int = 0
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of paired differences (seeded).
+
+    Args:
+        x: the paired differences (one per split, or per split and test case).
+        level: coverage.
+        n_boot: resamples.
+        seed: resampling seed.
+    """
+    a = np.asarray(x, float)
+    if len(a) == 0:
+        return float("nan"), float("nan")
+    means = a[np.random.default_rng(seed).integers(0, len(a), (n_boot, len(a)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], variants: list[str],
@@ -111,20 +240,24 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
     from .data.preprocess import preprocess
     from .generative.train_ae import train_ae
     from .generative.train_ldm import train_ldm
-    from .segmentation.train_seg import train_seg
+    from .segmentation.train_seg import predict, train_seg
+    from .segmentation.segmenters import load_segmenter
+    from .generative.oracle import oracle_paste
 
     base = split_config(cfg, split)
     pools = {VARIANTS[v][1] for v in variants} - {None}
+    if pools & set(CONTROL_POOLS):  # the controls reuse the AugPaint pool and its scores
+        pools.add("augpaint")
     shared: dict[str, Path] = {}
     for k in labeled:
         c = base.model_copy(deep=True)
         c.data.num_labeled = k
         d = work / f"k{k}"
         ds = _once(d / "dataset", lambda: preprocess(c, d / "dataset"))
-        if pools & {"augpaint", "augpaint_strict", "cond"} and "ae" not in shared:
+        if pools & (AUGPAINT_POOLS | {"cond"}) and "ae" not in shared:
             # AE and LDMs see S^l + S^u only, the same slices for every k: train them once per split
             shared["ae"] = _once(work / "ae", lambda: train_ae(c, ds, work / "ae"))
-        if pools & {"augpaint", "augpaint_strict"} and "ldm" not in shared:
+        if pools & AUGPAINT_POOLS and "ldm" not in shared:
             shared["ldm"] = _once(work / "ldm", lambda: train_ldm(c, ds, shared["ae"], work / "ldm"))
         if "cond" in pools and "ldm_cond" not in shared:
             cc = c.model_copy(deep=True)
@@ -132,7 +265,7 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
             shared["ldm_cond"] = _once(work / "ldm_cond", lambda: train_ldm(cc, ds, shared["ae"], work / "ldm_cond"))
         filtered: dict[str, Path] = {}
         scorer = None
-        for pool in ("augpaint", "cond", "randaug", "augpaint_strict"):
+        for pool in ("augpaint", "cond", "randaug", "augpaint_strict", "oracle"):
             if pool not in pools:
                 continue
             fc = c
@@ -142,6 +275,8 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
             syn = d / f"syn_{'augpaint' if pool == 'augpaint_strict' else pool}"
             if pool == "randaug":
                 _once(syn, lambda: rand_aug(c, ds, syn))
+            elif pool == "oracle":
+                _once(syn, lambda: oracle_paste(c, ds, syn))
             else:
                 ldm = shared["ldm_cond" if pool == "cond" else "ldm"]
                 _once(syn, lambda: inpaint(c, ds, shared["ae"], ldm, syn))
@@ -149,18 +284,35 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
             _once(flt, lambda: filter_synthetic(fc, ds, syn, flt, scorer=scorer))
             scorer = scorer or flt / "scorer"  # one scorer per split and k: the same filter for every pool
             filtered[pool] = flt
+        for pool, mode in CONTROL_POOLS.items():
+            if pool in pools:
+                flt = d / f"flt_{pool}"
+                _once(flt, lambda: control_pool(c, d / "syn_augpaint", filtered["augpaint"], mode, flt))
+                filtered[pool] = flt
         dsl = load_dataset(ds)
+        test_idx = dsl.where(split="test")
         for v in variants:
             _, pool, semi = VARIANTS[v]
-            vc = _variant_cfg(c, semi)
+            vc = _variant_cfg(c, semi, v in ONTHEFLY)
             seg = d / f"seg_{v}"
             _once(seg, lambda: train_seg(vc, ds, seg, synthetic=filtered.get(pool), name=v))
             ev = evaluate_model(seg, dsl)
-            extra = {"paths": {"dataset": str(ds), "segmenter": str(seg)}}
+            extra = {"paths": {"dataset": str(ds), "segmenter": str(seg)},
+                     "per_case_dice": {case: float(np.mean([m["dice"] for m in per.values()]))
+                                       for case, per in ev.get("per_case", {}).items()}}
+            if len(test_idx):
+                pred = predict(load_segmenter(seg)[0], dsl.images[test_idx])
+                extra["errors"] = error_split(pred, np.asarray(dsl.labels[test_idx]))
             if pool is not None:
                 meta = json.loads((filtered[pool] / ARTIFACT_FILE).read_text())
                 extra["quality"] = meta.get("quality") or {}
                 extra["num_synthetic_kept"] = meta.get("num_kept")
+                kept_records = load_dataset(filtered[pool]).records
+                pool_dir = d / f"syn_{'augpaint' if pool in AUGPAINT_POOLS else pool}"
+                extra["filter"] = {"selection": meta.get("selection", "top"),
+                                   "num_in": meta.get("num_in"), "num_kept": len(kept_records),
+                                   "distinct_sources_kept": distinct_sources(kept_records),
+                                   "distinct_sources_pool": distinct_sources(load_dataset(pool_dir).records)}
             on_result(v, split, k, ev, extra)
 
 
@@ -169,19 +321,38 @@ def _mean_std(x: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
-def paired_ci95(diffs: list[float]) -> tuple[float | None, float | None]:
-    """95% confidence interval of the mean paired difference (Student t, ddof 1); None with one split."""
-    from scipy import stats
+def paired_gain(results: list[dict], variant: str, reference: str, k: int, seed: int = 0) -> dict | None:
+    """Paired Dice gain (points) of ``variant`` over ``reference``: per split, mean, std, 95% bootstrap CIs.
 
-    a = np.asarray(diffs, float)
-    if len(a) < 2:
-        return None, None
-    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
-    return float(a.mean() - half), float(a.mean() + half)
+    ``ci95`` resamples splits; ``ci95_cases`` resamples (split, test case) units, pairing the two models on
+    each test case (more units, so narrower, but cases of one split share its trained models).
+
+    Args:
+        results: experiment records.
+        variant: the model compared.
+        reference: the model it is compared with.
+        k: labeled count.
+        seed: bootstrap seed.
+    """
+    pairs = [(r, b) for r in results if r["variant"] == variant and r["labeled"] == k
+             for b in results if b["variant"] == reference and b["labeled"] == k and b["split"] == r["split"]]
+    if not pairs:
+        return None
+    pairs.sort(key=lambda p: p[0]["split"])
+    g = [100 * (r["mean_dice"] - b["mean_dice"]) for r, b in pairs]
+    m, s = _mean_std(g)
+    cases = [100 * (r["per_case_dice"][c] - b["per_case_dice"][c]) for r, b in pairs
+             for c in sorted(r.get("per_case_dice") or {}) if c in (b.get("per_case_dice") or {})]
+    lo, hi = bootstrap_ci(g, seed=seed) if len(g) >= 2 else (None, None)  # one split has no interval
+    return {"variant": variant, "reference": reference, "labeled": k, "gap_mean": m, "gap_std": s,
+            "per_split": g, "splits": [r["split"] for r, _ in pairs], "ci95": [lo, hi], "ci95_low": lo,
+            "ci95_high": hi,
+            "ci95_cases": list(bootstrap_ci(cases, seed=seed)) if cases else None, "num_case_pairs": len(cases)}
 
 
 def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> dict:
-    """Mean ± std over splits per variant and k, and the AugPaint - baseline gap per split."""
+    """Mean ± std over splits per variant and k, and the paired gains (with 95% bootstrap CIs) over the
+    U-Net baseline, and of ``REFERENCES`` pairs (AugPaint + aug over U-Net + aug)."""
     out: dict = {"rows": [], "gaps": []}
     units = {r.get("hd95_unit", "px") for r in results}
     out["hd95_unit"] = units.pop() if len(units) == 1 else "mixed"
@@ -197,17 +368,13 @@ def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> d
                                 "dice_mean": dm, "dice_std": ds_, "hd95_mean": hm, "hd95_std": hs,
                                 "dice_per_split": [100 * r["mean_dice"] for r in sorted(rs, key=lambda r: r["split"])]})
     for v in variants:
-        if v == "baseline":
-            continue
-        for k in labeled:
-            pairs = [(r, b) for r in results if r["variant"] == v and r["labeled"] == k
-                     for b in results if b["variant"] == "baseline" and b["labeled"] == k and b["split"] == r["split"]]
-            if pairs:
-                g = [100 * (r["mean_dice"] - b["mean_dice"]) for r, b in sorted(pairs, key=lambda p: p[0]["split"])]
-                m, s = _mean_std(g)
-                lo, hi = paired_ci95(g)
-                out["gaps"].append({"variant": v, "labeled": k, "gap_mean": m, "gap_std": s, "ci95_low": lo,
-                                    "ci95_high": hi, "per_split": g})
+        for ref in ("baseline", REFERENCES.get(v)):
+            if v == ref or ref is None or ref not in variants:
+                continue
+            for k in labeled:
+                gain = paired_gain(results, v, ref, k)
+                if gain is not None:
+                    out["gaps"].append(gain)
     return out
 
 
@@ -228,15 +395,14 @@ def markdown(summary: dict, variants: list[str], labeled: list[int], title: str)
             f"{cell[v, k]['hd95_mean']:.2f} ± {cell[v, k]['hd95_std']:.2f}" if (v, k) in cell else "-"
             for k in labeled) + " |")
     if summary["gaps"]:
-        lines += ["", "Gain over the U-Net baseline in Dice points, mean ± std of the per-split differences, "
-                  "[95% CI of the paired gain (t, n-1 dof; needs 2+ splits)], (per split):", "", head, sep]
-        gap = {(g["variant"], g["labeled"]): g for g in summary["gaps"]}
-        for v in variants:
-            if v == "baseline":
-                continue
-            lines.append(f"| {VARIANTS[v][0]} - U-Net | " + " | ".join(
-                f"{gap[v, k]['gap_mean']:+.2f} ± {gap[v, k]['gap_std']:.2f} " + _ci_text(gap[v, k]) + " ("
-                + ", ".join(f"{x:+.1f}" for x in gap[v, k]["per_split"]) + ")" if (v, k) in gap else "-"
+        lines += ["", "Paired gain in Dice points: mean ± std of the per-split differences [95% bootstrap CI over "
+                  "splits; needs 2+ splits] (per split):", "", head, sep]
+        gap = {(g["variant"], g.get("reference", "baseline"), g["labeled"]): g for g in summary["gaps"]}
+        for v, ref in dict.fromkeys((g["variant"], g.get("reference", "baseline")) for g in summary["gaps"]):
+            lines.append(f"| {VARIANTS[v][0]} - {VARIANTS[ref][0]} | " + " | ".join(
+                f"{gap[v, ref, k]['gap_mean']:+.2f} ± {gap[v, ref, k]['gap_std']:.2f} " + _ci_text(gap[v, ref, k])
+                + " ("
+                + ", ".join(f"{x:+.1f}" for x in gap[v, ref, k]["per_split"]) + ")" if (v, ref, k) in gap else "-"
                 for k in labeled) + " |")
     lines += ["", "std: population standard deviation over splits (ddof 0). Each split is one seed: its own patient "
               "split (with the built-in phantom, its own generated patients) and model initialisations; all "
@@ -350,9 +516,10 @@ def write_tables(out: Path, cfg: AugPaintConfig, results: list[dict], variants: 
     (out / "table.csv").write_text(csv_text(summary))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["variant", "labeled", "gain_mean", "gain_std", "ci95_low", "ci95_high", "gain_per_split"])
+    w.writerow(["variant", "reference", "labeled", "gain_mean", "gain_std", "ci95_low", "ci95_high",
+                "gain_per_split"])
     for g in summary["gaps"]:
-        w.writerow([g["variant"], g["labeled"], f"{g['gap_mean']:.4f}", f"{g['gap_std']:.4f}",
+        w.writerow([g["variant"], g.get("reference", "baseline"), g["labeled"], f"{g['gap_mean']:.4f}", f"{g['gap_std']:.4f}",
                     "" if g["ci95_low"] is None else f"{g['ci95_low']:.4f}",
                     "" if g["ci95_high"] is None else f"{g['ci95_high']:.4f}",
                     ";".join(f"{x:.4f}" for x in g["per_split"])])
@@ -459,7 +626,8 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
         client = _client(resolve_uri(tracking_uri))
         tr = Tracker(client, parent)
         for g in summary["gaps"]:
-            tr.log_metrics({f"gap_{g['variant']}_k{g['labeled']}": g["gap_mean"]})
+            vs = "" if g.get("reference", "baseline") == "baseline" else f"_vs_{g['reference']}"
+            tr.log_metrics({f"gap_{g['variant']}{vs}_k{g['labeled']}": g["gap_mean"]})
         for r in summary["rows"]:
             tr.log_metrics({f"{r['variant']}_k{r['labeled']}_dice": r["dice_mean"]})
         for f in ("table.md", "table.csv", "bar.png"):

@@ -40,10 +40,29 @@ FLIPS = ("none", "h", "v")
 GRID_SOURCES = 4
 
 
+def is_big_box(label: np.ndarray, icfg: InpaintConfig, factor: int = AE_FACTOR) -> bool:
+    """Whether the kept box (with its margin) covers more than ``inpaint.big_box_fraction`` of the image."""
+    return icfg.mask == "box" and float(box_mask(label, factor, icfg.box_margin).mean()) > icfg.big_box_fraction
+
+
+def kept_region(label: np.ndarray, icfg: InpaintConfig, factor: int = AE_FACTOR) -> tuple[np.ndarray, str]:
+    """The kept region the config asks for and its kind (``box``, ``label``, or ``label_big_box``).
+
+    ``inpaint.mask`` and ``inpaint.box_margin`` choose it; with ``inpaint.big_box: label`` a box over
+    ``big_box_fraction`` of the image becomes the label shape (grown by the margin), because a box that
+    covers nearly everything leaves nothing to repaint and its samples are near-copies of the source.
+    """
+    if icfg.mask == "label":
+        return label_mask(label, factor, icfg.box_margin), "label"
+    m = box_mask(label, factor, icfg.box_margin)
+    if icfg.big_box == "label" and float(m.mean()) > icfg.big_box_fraction:
+        return label_mask(label, factor, icfg.box_margin), "label_big_box"
+    return m, "box"
+
+
 def keep_mask(label: np.ndarray, icfg: InpaintConfig, factor: int = AE_FACTOR) -> np.ndarray:
-    """The kept region the config asks for (``inpaint.mask``, ``inpaint.box_margin``)."""
-    fn = box_mask if icfg.mask == "box" else label_mask
-    return fn(label, factor, icfg.box_margin)
+    """The kept region the config asks for (``inpaint.mask``, ``inpaint.box_margin``, ``inpaint.big_box``)."""
+    return kept_region(label, icfg, factor)[0]
 
 
 def item_seed(seed: int, source_index: int, sample_index: int) -> int:
@@ -219,6 +238,19 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
                     ds.records[i]["slice_index"])
     if not src:
         raise AugPaintError(f"{dataset}: no labeled training slice has foreground; nothing to inpaint")
+    big = [s for s in src if is_big_box(ds.labels[s], icfg)]
+    if big:
+        what = {"skip": "skipped", "label": "inpainted with the label shape kept instead",
+                "keep": "inpainted with the box anyway"}[icfg.big_box]
+        log.warning("inpaint: %d of %d source slices have a kept box over inpaint.big_box_fraction=%.2f of the "
+                    "image (little to repaint); %s (inpaint.big_box=%s)", len(big), len(src),
+                    icfg.big_box_fraction, what, icfg.big_box)
+    if icfg.big_box == "skip":
+        src = [s for s in src if s not in set(big)]
+        if not src:
+            raise AugPaintError(f"{dataset}: every labeled slice's kept box covers more than "
+                                f"inpaint.big_box_fraction={icfg.big_box_fraction} of the image and "
+                                "inpaint.big_box is skip; nothing to inpaint (use inpaint.big_box=label)")
     items = [(s, j) for s in src for j in range(icfg.samples_per_pair)]
     start, end = shard_items(len(items), icfg.batch_size, shard, num_shards)
     conditional = ae is not None and unet.config.in_channels == 2 * ae.config.latent_channels
@@ -244,7 +276,8 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
                 flips = [flip_of(sd, icfg.mask_flip) for sd in seeds]
                 xs = np.stack([apply_flip(ds.images[s], f) for (s, _), f in zip(chunk, flips)])
                 ys = np.stack([apply_flip(ds.labels[s], f) for (s, _), f in zip(chunk, flips)])
-                mask = np.stack([keep_mask(y, icfg) for y in ys])
+                regions = [kept_region(y, icfg) for y in ys]
+                mask = np.stack([m for m, _ in regions])
                 x = to_tensor(xs).to(rt.device)
                 m = torch.from_numpy(mask[:, None].astype(np.float32)).to(rt.device)
                 if sampler == "repaint":
@@ -266,7 +299,9 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
                                        "seed": seeds[k], "sampler": sampler, "steps": steps,
                                        "conditional": conditional, "eta": icfg.repaint_eta if sampler == "repaint"
                                        else icfg.eta, "known_noise": icfg.known_noise, "mask": icfg.mask,
-                                       "box_margin": icfg.box_margin, "flip": flips[k]}})
+                                       "box_margin": icfg.box_margin, "flip": flips[k],
+                                       "kept_region": regions[k][1], "big_box": icfg.big_box,
+                                       "big_box_fraction": icfg.big_box_fraction}})
                     if s in src[:GRID_SOURCES] and flips[k] == "none":
                         grid_rows.setdefault(s, [xs[k], np.repeat((mask[k] * 255).astype(np.uint8)[..., None], 3,
                                                                  -1)]).append(out_u8[k])
@@ -287,6 +322,8 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
             inputs={"dataset": dataset, "model": ldm_path} | ({"ae": ae_path} if ae is not None else {}),
             known_hashes=shard_hashes(manifest),
             extra={"num_anchors": len(src), "skipped_empty": len(empty), "num_samples": end - start,
+                   "big_box": {"policy": icfg.big_box, "fraction": icfg.big_box_fraction, "sources": len(big),
+                               "skipped": len(big) if icfg.big_box == "skip" else 0},
                    "class_names": ds.class_names, "sampler": sampler, "precision": rt.precision,
                    "device": rt.device.type, "batch_invariant": rt.invariant,
                    "shard": {"index": shard, "count": num_shards, "items": [start, end], "total_items": len(items),

@@ -20,6 +20,7 @@ from ..config import AugPaintConfig, SegConfig
 from ..errors import AugPaintError
 from .metrics import dice
 from .augment import cutmix_box, strong_view, weak_flip
+from .onthefly import augment_batch
 from ..runtime import batches, num_steps, seed_everything, to_tensor
 from .segmenters import build_segmenter
 from .segmenters import capture_features, perturb_features
@@ -137,7 +138,8 @@ def fit_segmenter(images: np.ndarray, labels: np.ndarray, num_classes: int, cfg:
     log_every = max(1, steps // 50)
     best, best_score, history = None, -1.0, []
     for step, idx in enumerate(batches(len(x), cfg.batch_size, steps, gen)):
-        loss = loss_fn(model(x[idx]), y[idx])
+        xb, yb = augment_batch(x[idx], y[idx], cfg.augment, seed=seed, step=step)  # identity unless seg.augment
+        loss = loss_fn(model(xb), yb)
         if semi:
             uidx = torch.randint(0, len(unlabeled), (cfg.unimatch_batch_size,), generator=ugen).numpy()
             loss_u, ratio = unimatch_loss(model, cfg.arch, to_tensor(np.asarray(unlabeled[np.sort(uidx)])), ugen,

@@ -272,3 +272,41 @@ def test_runtime_settings_fail_clearly_on_cpu(pipeline_artifacts, tmp_path):
     d["inpaint"].update(sampler="heun")
     with pytest.raises(AugPaintError, match="inpaint.sampler"):
         parse_config(d, "t")
+
+
+def _box_fractions(ds) -> dict[int, float]:
+    return {int(i): float(box_mask(ds.labels[i]).mean()) for i in ds.where(split="train", labeled=True)
+            if ds.labels[i].any()}
+
+
+def test_big_box_sources_skip_label_or_keep(pipeline_artifacts, tmp_path, caplog):
+    from augpaint_core.generative.inpaint import label_mask
+
+    a = pipeline_artifacts
+    ds = load_dataset(a["dataset"])
+    frac = _box_fractions(ds)
+    assert max(frac.values()) <= a["cfg"].inpaint.big_box_fraction  # the default leaves the phantom's boxes alone
+    cut = float(np.median(list(frac.values())))
+    big = {s for s, f in frac.items() if f > cut}
+    assert 0 < len(big) < len(frac)
+    with caplog.at_level(logging.WARNING):
+        out = inpaint(_cfg(a, big_box="skip", big_box_fraction=cut), a["dataset"], a["ae"], a["ldm"], tmp_path / "s")
+    assert "big_box" in caplog.text
+    syn, meta = load_dataset(out), read_artifact_meta(out)
+    assert {r["provenance"]["source_index"] for r in syn.records} == set(frac) - big
+    assert meta["big_box"] == {"policy": "skip", "fraction": cut, "sources": len(big), "skipped": len(big)}
+    syn = load_dataset(inpaint(_cfg(a, big_box="label", big_box_fraction=cut), a["dataset"], a["ae"], a["ldm"],
+                               tmp_path / "l"))
+    assert {r["provenance"]["source_index"] for r in syn.records} == set(frac)
+    for img, lab, rec in zip(syn.images, syn.labels, syn.records):
+        p = rec["provenance"]
+        src = p["source_index"]
+        assert p["kept_region"] == ("label_big_box" if src in big else "box") and p["big_box"] == "label"
+        km = label_mask(lab) if src in big else box_mask(lab)
+        assert np.array_equal(img[km], ds.images[src][km])
+    syn = load_dataset(inpaint(_cfg(a, big_box="keep", big_box_fraction=cut), a["dataset"], a["ae"], a["ldm"],
+                               tmp_path / "k"))
+    assert {r["provenance"]["kept_region"] for r in syn.records} == {"box"}
+    with pytest.raises(AugPaintError, match="inpaint.big_box"):
+        inpaint(_cfg(a, big_box="skip", big_box_fraction=0.001), a["dataset"], a["ae"], a["ldm"], tmp_path / "n")
+    assert not (tmp_path / "n").exists()
