@@ -233,5 +233,5 @@ def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise AugPaintError(f"{path}: not a segmenter artifact (no segmenter.pt)")
     info = json.loads((p / "segmenter.json").read_text())
     model = build_segmenter(SegConfig.model_validate(info["seg_config"]), info["num_classes"], info.get("image_size"))
-    model.load_state_dict(torch.load(p / "segmenter.pt", weights_only=True))
+    model.load_state_dict(torch.load(p / "segmenter.pt", map_location="cpu", weights_only=True))
     return model.eval(), info
