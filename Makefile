@@ -23,8 +23,9 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/augpaint run --config configs/demo.yaml --out runs/demo
 
+# CPU only, so a GPU host does not change what the tests expect; GPU checks: benchmarks/gpu_check.sh
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	CUDA_VISIBLE_DEVICES="" $(BIN)/python -m pytest tests
 
 compile: $(STAMP)
 	$(BIN)/augpaint compile --out augpaint_pipeline.yaml

@@ -6,12 +6,15 @@ component as a subprocess of this Python environment (use_venv=False).
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 
 from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
 from augpaint_core.infra.tracking import resolve_uri
+from augpaint_core.stages import RUN_KEY_ENV
 
 
 def find_report(pipeline_root: Path, since: float) -> Path:
@@ -45,12 +48,21 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
+    # Tasks find the MLflow parent run by this key (on a cluster: the pod's run-id label); subprocess tasks
+    # inherit it from this process's environment.
+    old_key = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = f"local-{uuid.uuid4().hex}"
     try:
         # Built for this config, so inpaint.num_shards fans out locally too.
         build_pipeline(cfg)(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
     except RuntimeError as err:
         raise AugPaintError(f"pipeline failed: {str(err).splitlines()[0]} (task logs above; artifacts in {root})"
                             ) from None
+    finally:
+        if old_key is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+        else:
+            os.environ[RUN_KEY_ENV] = old_key
     elapsed = time.time() - t0
     report = find_report(root, t0)
     metrics = json.loads((report / "metrics.json").read_text())

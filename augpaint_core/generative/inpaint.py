@@ -211,7 +211,7 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
     ds = open_dataset(dataset)
     unet, ae, sched_cfg = _load_models(cfg, ds, ae_path, ldm_path)
     rt = _Runtime(icfg)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.runtime.deterministic)
     src, empty = anchors(ds)
     for i in empty:
         log.warning("inpaint: skipping %s slice %s: label has no foreground", ds.records[i]["case_id"],

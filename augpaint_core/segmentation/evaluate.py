@@ -8,34 +8,48 @@ from pathlib import Path
 import numpy as np
 
 from ..infra.artifacts import atomic_dir, write_artifact_meta
-from ..data.dataset import load_dataset
+from ..data.dataset import IndexedView, open_dataset
 from ..config import AugPaintConfig
 from ..errors import AugPaintError
 from .metrics import CONVENTION, case_metrics, region_metrics
 from .segmenters import load_segmenter
+from ..runtime import DevicePolicy, device_policy
 from .train_seg import predict
 
 
-def evaluate_model(model_path: str | Path, dataset, split: str = "test") -> dict:
-    """Per-class mean Dice/HD95 over the cases of ``split`` (slices stacked back into volumes)."""
+def evaluate_model(model_path: str | Path, dataset, split: str = "test", policy: DevicePolicy | None = None
+                   ) -> dict:
+    """Per-class mean Dice/HD95 over the cases of ``split`` (slices stacked back into volumes).
+
+    One case is predicted and held at a time (its slices read from the memory-mapped shards).
+
+    Args:
+        model_path: segmenter artifact.
+        dataset: the slice dataset (``open_dataset`` or in memory).
+        split: which split to score.
+        policy: device and precision (default: the ``runtime`` defaults).
+    """
+    policy = policy or device_policy(None)
     model, info = load_segmenter(model_path)
+    model = model.to(policy.device)
     if info["num_classes"] != dataset.num_classes:
         raise AugPaintError(f"{model_path}: model has {info['num_classes']} classes, dataset "
                             f"{dataset.num_classes}")
     idx = dataset.where(split=split)
     if len(idx) == 0:
         raise AugPaintError(f"dataset has no {split} slices")
-    pred = predict(model, dataset.images[idx])
     by_case: dict[str, list[int]] = defaultdict(list)
     for k, i in enumerate(idx):
         by_case[dataset.records[i]["case_id"]].append(k)
     per_case, per_case_region = {}, {}
     for case, ks in sorted(by_case.items()):
         ks = sorted(ks, key=lambda k: dataset.records[idx[k]]["slice_index"])
-        gt = dataset.labels[idx[ks]]
-        per_case[case] = case_metrics(pred[ks], gt, dataset.num_classes)
+        rows = idx[ks]
+        pred = predict(model, IndexedView([(dataset.images, rows)]), policy.batch_size, policy)
+        gt = dataset.labels[rows]
+        per_case[case] = case_metrics(pred, gt, dataset.num_classes)
         if dataset.regions:
-            per_case_region[case] = region_metrics(pred[ks], gt, dataset.regions)
+            per_case_region[case] = region_metrics(pred, gt, dataset.regions)
     out = {"per_class": {}, "per_case": {c: {dataset.class_names[k - 1]: v for k, v in m.items()}
                                           for c, m in per_case.items()}}
     for k, name in enumerate(dataset.class_names, start=1):
@@ -81,8 +95,10 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
         force: replace an existing output.
         tracker: optional MLflow stage tracker.
     """
-    ds = load_dataset(dataset)
-    results = {"baseline": evaluate_model(baseline, ds), "augpaint": evaluate_model(augpaint, ds)}
+    ds = open_dataset(dataset)  # memory-mapped: each case's slices are read when it is scored
+    policy = device_policy(cfg.runtime)
+    results = {"baseline": evaluate_model(baseline, ds, policy=policy),
+               "augpaint": evaluate_model(augpaint, ds, policy=policy)}
     gain = 100 * (results["augpaint"]["mean"]["dice"] - results["baseline"]["mean"]["dice"])
     table = markdown_table(results, ds.class_names)
     if ds.regions:
@@ -101,7 +117,8 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
                                                      indent=1))
         (tmp / "report.md").write_text(md)
         write_artifact_meta(tmp, kind="report", stage="evaluate", config=cfg.model_dump(mode="json"),
-                            seed=cfg.seed, inputs={"dataset": dataset, "baseline": baseline, "augpaint": augpaint})
+                            seed=cfg.seed, inputs={"dataset": dataset, "baseline": baseline, "augpaint": augpaint},
+                            extra={"runtime": policy.summary()})
     if tracker:
         m = {"dice_gain_points": gain}
         for name, r in results.items():
