@@ -42,8 +42,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train-ldm": ("ae", "ldm", "pixel", "training", "runtime"),
     "inpaint": ("data", "inpaint", "runtime"),
     "merge-shards": ("data", "inpaint", "runtime"),
-    "filter": ("filter", "seg", "runtime"),
-    "train-seg": ("seg", "runtime"),
+    "filter": ("filter", "seg", "training", "runtime"),
+    "train-seg": ("seg", "training", "runtime"),
 }
 # Environment variable naming the pipeline run, set on cluster pods from the pod's KFP run-id label and by
 # ``pipelines.local``; stages find their MLflow parent run by it instead of taking the parent's id as an input.

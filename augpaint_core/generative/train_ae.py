@@ -115,9 +115,9 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
     if disc is not None:
         dopt = torch.optim.Adam(disc.parameters(), lr=a.lr, betas=(0.5, 0.9))
         parts |= {"disc": disc, "disc_opt": dopt}
-    ckpt = Checkpointer(checkpoint_dir(t, out), t.keep_checkpoints,
-                        {"vqmodel": arch_of(model), "discriminator": disc is not None},
-                        run_identity(cfg, a, {"dataset": dataset}, acc))
+    arch, ident = {"vqmodel": arch_of(model), "discriminator": disc is not None}, \
+        run_identity(cfg, a, {"dataset": dataset}, acc)
+    ckpt = Checkpointer(checkpoint_dir(t, out, "train-ae", arch, ident), t.keep_checkpoints, arch, ident)
     start = resume_state(ckpt, t, parts, log)
     model, opt, raw, fwd = prepare(acc, model, opt, t)
     if disc is not None:

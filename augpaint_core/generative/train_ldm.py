@@ -159,8 +159,10 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
     opt = torch.optim.AdamW(unet.parameters(), lr=l.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in unet.parameters()] if l.ema_decay > 0 else None
     parts = {"unet": unet, "opt": opt} | ({"ema": ema} if ema is not None else {})
-    ckpt = Checkpointer(checkpoint_dir(t, out), t.keep_checkpoints, {"unet": arch_of(unet)},
-                        run_identity(cfg, l, {"dataset": dataset} | ({} if pixel else {"ae": ae_path}), acc))
+    arch, ident = {"unet": arch_of(unet)}, \
+        run_identity(cfg, l, {"dataset": dataset} | ({} if pixel else {"ae": ae_path}), acc)
+    ckpt = Checkpointer(checkpoint_dir(t, out, "train-pixel" if pixel else "train-ldm", arch, ident),
+                        t.keep_checkpoints, arch, ident)
     start = resume_state(ckpt, t, parts, log)
     if not pixel:
         ae = ae.to(acc.device)

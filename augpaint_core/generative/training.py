@@ -14,6 +14,7 @@ or under an ``s3://`` prefix, so a preempted pod continues where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -202,8 +203,34 @@ def _dotted(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def checkpoint_dir(tcfg: TrainingConfig, out: str | Path) -> str:
-    return tcfg.checkpoint_dir or f"{Path(out)}.checkpoints"
+# Set on cluster pods (``cluster.checkpoint_root``): checkpoints go to MinIO, so a retried pod, which starts on
+# a fresh disk, continues from the last one.
+CHECKPOINT_ROOT_ENV = "AUGPAINT_CHECKPOINT_ROOT"
+
+
+def checkpoint_dir(tcfg: TrainingConfig, out: str | Path, stage: str = "", *keys: Any) -> str:
+    """Where a stage's checkpoints live.
+
+    ``training.checkpoint_dir`` when set; else, on a cluster (``$AUGPAINT_CHECKPOINT_ROOT``), a prefix keyed by
+    the stage and a hash of ``keys`` (the run identity: seed, settings and the input data's content hash,
+    i.e. the data version; and the architecture), so every retry of the same task finds the same prefix and
+    another run never collides with it; else ``<out>.checkpoints`` beside the output.
+
+    Args:
+        tcfg: the training section.
+        out: the stage's output artifact.
+        stage: stage name (the prefix's first level).
+        keys: what identifies the run (JSON-serialisable).
+    """
+    import hashlib
+
+    if tcfg.checkpoint_dir:
+        return tcfg.checkpoint_dir
+    root = os.environ.get(CHECKPOINT_ROOT_ENV, "")
+    if root and stage:
+        digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return storage.join(root, stage, digest)
+    return f"{Path(out)}.checkpoints"
 
 
 def arch_of(model: torch.nn.Module) -> dict:

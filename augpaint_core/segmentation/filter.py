@@ -34,7 +34,7 @@ from ..errors import AugPaintError
 from ..generative.masks import box_mask
 from .segmenters import load_segmenter
 from ..runtime import DevicePolicy, device_policy
-from .train_seg import cpu_state, features, fit_segmenter, predict_batches
+from .train_seg import cpu_state, features, fit_segmenter, predict_batches, seg_checkpointer
 
 
 def confidence_scores(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -168,7 +168,9 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
                                  cfg.seg, seed=cfg.seed + 7, epochs=fcfg.scorer_epochs,
                                  max_steps=fcfg.scorer_max_steps,
                                  val=(IndexedView([(ds.images, vi)]), IndexedView([(ds.labels, vi)])),
-                                 tracker=tracker, prefix="scorer", policy=policy)
+                                 tracker=tracker, prefix="scorer", policy=policy,
+                                 checkpoint=seg_checkpointer(cfg, out, "filter", "scorer", {"dataset": dataset}),
+                                 checkpoint_every=cfg.training.checkpoint_every)
         arch = cfg.seg.arch
         scorer_info = {"seg_config": cfg.seg.model_dump(mode="json"), "num_classes": ds.num_classes,
                        "class_names": ds.class_names, "image_size": int(ds.images.shape[1]), "name": "scorer"}

@@ -6,6 +6,7 @@ the filter's scorer, so the comparison differs only in the data.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from pathlib import Path
 from typing import Iterator
@@ -122,7 +123,7 @@ def unimatch_loss(model: torch.nn.Module, arch: str, xu: torch.Tensor, gen: torc
         autocast: context factory around forward passes (bf16 on a GPU).
 
     Returns:
-        the loss and the fraction of pixels above the threshold.
+        the loss and the fraction of pixels above the threshold (a 0-dim tensor: reading it waits for the GPU).
     """
     xw = weak_flip(xu, gen)
     with torch.no_grad():
@@ -154,7 +155,8 @@ def unimatch_loss(model: torch.nn.Module, arch: str, xu: torch.Tensor, gen: torc
 def fit_segmenter(images, labels, num_classes: int, cfg: SegConfig, *, seed: int,
                   epochs: int | None = None, max_steps: int | None = None,
                   val: tuple | None = None, tracker=None, prefix: str = "seg",
-                  unlabeled=None, policy: DevicePolicy | None = None) -> tuple[torch.nn.Module, list[dict]]:
+                  unlabeled=None, policy: DevicePolicy | None = None, checkpoint=None,
+                  checkpoint_every: int = 0) -> tuple[torch.nn.Module, list[dict]]:
     """Train a segmenter with Adam and Dice+CE; keep the best checkpoint on ``val``.
 
     With ``cfg.semi_supervised == "unimatch"`` and ``unlabeled`` images, each step adds the UniMatch
@@ -176,6 +178,10 @@ def fit_segmenter(images, labels, num_classes: int, cfg: SegConfig, *, seed: int
         prefix: metric name prefix.
         unlabeled: (M,H,W,3) uint8 unlabeled rows for the semi-supervised loss.
         policy: device, precision, loader workers (default: ``runtime`` defaults, i.e. CUDA when visible).
+        checkpoint: a ``generative.training.Checkpointer``; its newest checkpoint is resumed, and one is saved
+            every ``checkpoint_every`` steps (model, optimizer, best weights, random states), so a killed pod
+            continues where it stopped (bitwise on CPU).
+        checkpoint_every: steps between checkpoints (0 = none).
     """
     if len(images) == 0:
         raise AugPaintError(f"{prefix}: no labeled training images")
@@ -190,9 +196,24 @@ def fit_segmenter(images, labels, num_classes: int, cfg: SegConfig, *, seed: int
     checks = set(np.linspace(0, steps - 1, min(cfg.val_checks, steps) + 1).round().astype(int)[1:].tolist())
     log_every = max(1, steps // 50)
     best, best_score, history = None, -1.0, []
-    loader = batch_loader(BatchReader(images, labels), batches(len(images), cfg.batch_size, steps, gen),
+    start = 0
+    done = checkpoint.steps() if checkpoint is not None and getattr(checkpoint, "resume", True) else []
+    if done:
+        state, meta = checkpoint.load(done[-1])
+        if meta["step"] > steps:
+            raise AugPaintError(f"{checkpoint.uri}: checkpoint at step {meta['step']} is past this run's budget of "
+                                f"{steps} steps; raise the budget or use another training.checkpoint_dir")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ugen.set_state(state["ugen"])
+        torch.set_rng_state(state["torch_rng"])
+        best, best_score, history = state.get("best"), float(state["best_score"]), list(state["history"])
+        start = checkpoint.resumed_from = int(meta["step"])
+    # The index batches replay from the seed, so the resumed run draws exactly the batches it would have.
+    index_batches = itertools.islice(batches(len(images), cfg.batch_size, steps, gen), start, None)
+    loader = batch_loader(BatchReader(images, labels), index_batches,
                           workers=policy.workers, pin_memory=policy.cuda, seed=seed + STAGE_SEED_OFFSET)
-    for step, (xb, yb) in enumerate(loader):
+    for step, (xb, yb) in enumerate(loader, start=start):
         x, y = policy.images(xb), policy.labels(yb)[:, None]
         with policy.autocast():
             logits = model(x)
@@ -222,9 +243,43 @@ def fit_segmenter(images, labels, num_classes: int, cfg: SegConfig, *, seed: int
                     best_score = rec["val_dice"]
                     best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             history.append(rec)
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint.save(step + 1, {"model": cpu_state(model), "opt": opt.state_dict(), "ugen": ugen.get_state(),
+                                       "torch_rng": torch.get_rng_state(), "best": best,
+                                       "best_score": best_score, "history": history}, {"stage": prefix})
     if best is not None:
         model.load_state_dict(best)
     return model.eval(), history
+
+
+def seg_checkpointer(cfg: AugPaintConfig, out: str | Path, stage: str, name: str, inputs: dict):
+    """The checkpointer of a segmenter training run (None when ``training.checkpoint_every`` is 0).
+
+    Args:
+        cfg: config (``seg``, ``training``, ``seed``).
+        out: the stage's output (the local default puts checkpoints beside it).
+        stage: ``train-seg`` or ``filter``.
+        name: which model (baseline, augpaint, scorer).
+        inputs: input artifacts (their content hashes identify the data).
+    """
+    from ..generative.training import Checkpointer, checkpoint_dir
+    from ..infra import storage
+    from ..infra.artifacts import artifact_hash
+
+    t = cfg.training
+    if not t.checkpoint_every:
+        return None
+    arch = {"seg": {k: v for k, v in cfg.seg.model_dump(mode="json").items() if k not in ("epochs", "max_steps")}}
+    ident = {"seed": cfg.seed, "model": name,
+             **{k: str(v) if storage.is_s3(str(v)) else artifact_hash(v) for k, v in inputs.items()}}
+    ckpt = Checkpointer(checkpoint_dir(t, out, f"{stage}-{name}", arch, ident), t.keep_checkpoints, arch, ident)
+    ckpt.resume = t.resume  # training.resume=false: start over (and overwrite), as train-ae does
+    return ckpt
+
+
+def history_resumed(ckpt) -> int:
+    """The step the run resumed from: the newest checkpoint that existed when it started (0 = none)."""
+    return getattr(ckpt, "resumed_from", 0) if ckpt is not None else 0
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -276,9 +331,12 @@ def train_seg(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, synthet
                                 "training slices, and there are none")
         unlabeled = IndexedView([(ds.images, ui)])
     policy = device_policy(cfg.runtime)
+    ckpt = seg_checkpointer(cfg, out, "train-seg", name, inputs)
     model, history = fit_segmenter(images, labels, ds.num_classes, cfg.seg, seed=cfg.seed,
                                    val=(IndexedView([(ds.images, vi)]), IndexedView([(ds.labels, vi)])),
-                                   tracker=tracker, prefix=name, unlabeled=unlabeled, policy=policy)
+                                   tracker=tracker, prefix=name, unlabeled=unlabeled, policy=policy,
+                                   checkpoint=ckpt, checkpoint_every=cfg.training.checkpoint_every)
+    resumed = history_resumed(ckpt)
     with atomic_dir(out, force=force) as tmp:
         torch.save(cpu_state(model), tmp / "segmenter.pt")
         (tmp / "segmenter.json").write_text(json.dumps({
@@ -288,7 +346,7 @@ def train_seg(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, synthet
         write_artifact_meta(tmp, kind="model", stage="train-seg", config=cfg.model_dump(mode="json"),
                             seed=cfg.seed, inputs=inputs,
                             extra={"name": name, "num_real": len(train_idx), "num_synthetic": n_syn,
-                                   "runtime": policy.summary(),
+                                   "runtime": policy.summary(), "resumed_from_step": resumed,
                                    "num_unlabeled": 0 if unlabeled is None else len(unlabeled),
                                    "history": history})
     if tracker:
