@@ -298,6 +298,9 @@ class ClusterConfig(_Strict):
     mlflow_secret: str = Field("augpaint-mlflow", description="secret with MLFLOW_TRACKING_URI and "
                                                               "AUGPAINT_MLFLOW_SPOOL (s3:// prefix for records kept "
                                                               "while MLflow is down)")
+    checkpoint_root: str = Field("s3://augpaint/checkpoints", description="where training tasks checkpoint on "
+                                 "the cluster (s3:// prefix; <stage>/<hash of seed, settings and input data>), "
+                                 "unless training.checkpoint_dir is set; a retried pod continues from there")
     retries: int = Field(2, ge=0, description="retries of the training and inpainting tasks")
     retry_backoff_s: PositiveInt = 60
     timeout_s: dict[str, PositiveInt] = Field(

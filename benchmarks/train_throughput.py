@@ -195,7 +195,8 @@ def main() -> None:
         print("\nNo GPU here: bf16, channels_last and torch.compile ratios are printed only on a GPU "
               "(the peak fraction is against the GPU peak).")
     if not args.no_loader:
-        print("\n| DataLoader (segmenter, 256x256, batch 4, memory-mapped shards) | batches/s | images/s |\n|---|---:|---:|")
+        print("\n| DataLoader (segmenter, 256x256, batch 4, memory-mapped shards) | batches/s | images/s |"
+              "\n|---|---:|---:|")
         for workers in (0, 2):
             r = loader_rate(device, workers, 4)
             print(f"| {workers} workers{', pinned' if device == 'cuda' else ''} | {r:.1f} | {4 * r:.1f} |", flush=True)

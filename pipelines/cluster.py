@@ -21,8 +21,8 @@ MLFLOW_ENV = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "AUGPAINT_MLFLOW_SPO
 SHM_VOLUME = "dshm"
 # KFP labels every task pod with its run id; stages read it (downward API) to find their MLflow parent run.
 RUN_KEY_FIELD = "metadata.labels['pipeline/runid']"
-# Tasks that need no GPU and little memory (they only talk to MLflow or copy artifacts).
-SMALL_STAGES = ("start-tracking", "close-tracking", "stage-configs", "merge-shards")
+# Tasks that only talk to MLflow or parse the config: small requests and limits.
+SMALL_STAGES = ("start-tracking", "close-tracking", "stage-configs")
 
 
 def retry_window_s(cluster: ClusterConfig, stage: str) -> int:
@@ -68,9 +68,12 @@ def stage_task(task: PipelineTask, cluster: ClusterConfig, stage: str, *, gpu: b
     elif stage == "preprocess":
         task.set_cpu_request(cluster.preprocess_cpu).set_cpu_limit(cluster.preprocess_cpu)
         task.set_memory_request(cluster.preprocess_memory).set_memory_limit(cluster.preprocess_memory)
-    else:
-        task.set_cpu_request(cluster.small_cpu).set_cpu_limit(cluster.small_cpu)
-        task.set_memory_request(cluster.small_memory).set_memory_limit(cluster.small_memory)
+    else:  # small tasks get limits too; the other CPU tasks (merge, scans, publishing) only requests
+        task.set_cpu_request(cluster.small_cpu).set_memory_request(cluster.small_memory)
+        if stage in SMALL_STAGES:
+            task.set_cpu_limit(cluster.small_cpu).set_memory_limit(cluster.small_memory)
+    if retry:  # training stages checkpoint into MinIO: a retried pod starts on a fresh disk
+        task.set_env_variable("AUGPAINT_CHECKPOINT_ROOT", cluster.checkpoint_root)
     if gpu:
         task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(cluster.gpus_per_task)
         task.set_cpu_limit(cluster.cpu_limit).set_memory_limit(cluster.memory_limit)

@@ -23,8 +23,8 @@ from ..data.dataset import open_dataset
 from ..errors import AugPaintError
 from ..runtime import seed_everything, to_tensor, to_uint8
 from .models import AE_FACTOR, PatchDiscriminator, build_vqmodel
-from .training import (Checkpointer, FiniteGuard, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
-                       plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
+from .training import (Checkpointer, FiniteGuard, Throughput, arch_of, checkpoint_dir, make_accelerator,
+                       maybe_checkpoint, plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 101
 MAX_SCALE_IMAGES = 2048  # the latent std is estimated on at most this many training images
@@ -186,7 +186,8 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
                             seed=cfg.seed, inputs={"dataset": dataset},
                             extra={"scaling_factor": scale, "val_psnr": val_psnr, "steps": steps,
                                    "resumed_from_step": start, "processes": world,
-                                   "mixed_precision": acc.mixed_precision, "history": history})
+                                   "mixed_precision": acc.mixed_precision, "device": acc.device.type,
+                                   "history": history})
     if tracker:
         tracker.log_metrics({"ae_val_psnr": val_psnr, "ae_scaling_factor": scale})
         tracker.log_image(grid, "ae_reconstructions.png")

@@ -27,8 +27,8 @@ from ..runtime import device_policy, seed_everything, to_tensor, to_uint8
 from .models import AE_FACTOR, build_pixel_unet, build_train_scheduler, build_unet, load_vqmodel
 from .sampling import make_scheduler
 from .train_ae import encode_latents, flipped_batch, image_grid
-from .training import (Checkpointer, FiniteGuard, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
-                       plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
+from .training import (Checkpointer, FiniteGuard, Throughput, arch_of, checkpoint_dir, make_accelerator,
+                       maybe_checkpoint, plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 202
 log = logging.getLogger(__name__)
@@ -238,7 +238,8 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
                             extra={"space": "pixel" if pixel else "latent", "latent_size": latent_size,
                                    "conditional": conditional, "steps": steps,
                                    "resumed_from_step": start, "processes": world,
-                                   "mixed_precision": acc.mixed_precision, "history": history})
+                                   "mixed_precision": acc.mixed_precision, "device": acc.device.type,
+                                   "history": history})
     if tracker:
         tracker.log_image(grid, "ldm_samples.png")
     return Path(out)

@@ -113,3 +113,11 @@ def test_cached_pods_read_the_run_key_and_retry_for_their_whole_timeout(tmp_path
     window = int(ae["backoffMaxDuration"].rstrip("s"))
     assert window >= (cfg.cluster.retries + 1) * cfg.cluster.timeout_s["train-ae"]
     yaml.safe_dump(spec)  # the spec stays plain data
+
+
+def test_every_task_requests_cpu_and_memory(tmp_path, monkeypatch):
+    for pipeline in ("augpaint", "expansion"):
+        spec, _ = _compile(tmp_path, pipeline, _cfg(5e-4), monkeypatch)
+        for name, ex in spec["deploymentSpec"]["executors"].items():
+            res = ex["container"].get("resources", {})
+            assert res.get("cpuRequest") and res.get("memoryRequest"), (pipeline, name, res)
