@@ -84,7 +84,7 @@ def test_killed_segmenter_training_resumes_from_its_s3_checkpoint(pipeline_artif
 
     uri = f"s3://{s3_bucket}/ckpt/train-seg"
     d = tiny_dict()
-    d["seg"].update(max_steps=300, val_checks=1)
+    d["seg"].update(epochs=1000, max_steps=300, val_checks=1)  # 300 steps: the budget, not the epochs
     straight = parse_config(d, "straight")
     d["training"] = {"checkpoint_every": 10, "checkpoint_dir": uri}
     cfg = parse_config(d, "resumable")
