@@ -5,13 +5,13 @@ from kfp import dsl
 
 from components import IMAGE
 
-StageConfigs = NamedTuple("StageConfigs", [("preprocess", str), ("train_ae", str), ("train_ldm", str),
-                                           ("inpaint", str), ("merge_shards", str), ("filter", str),
-                                           ("train_seg", str)])
 
-
+# The output type is spelled out in the signature: KFP runs the function's source alone, without this module.
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def stage_configs(config_yaml: str) -> StageConfigs:
+def stage_configs(config_yaml: str) -> NamedTuple("StageConfigs", [("preprocess", str), ("train_ae", str),
+                                                                    ("train_ldm", str), ("inpaint", str),
+                                                                    ("merge_shards", str), ("filter", str),
+                                                                    ("train_seg", str)]):
     """Validate the config once and hand each cached stage only its own sections (plus name and seed).
 
     A change to ``seg.lr`` then changes only the inputs of filter and train-seg, so preprocess, train-ae,
