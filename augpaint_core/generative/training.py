@@ -211,7 +211,8 @@ CHECKPOINT_ROOT_ENV = "AUGPAINT_CHECKPOINT_ROOT"
 def checkpoint_dir(tcfg: TrainingConfig, out: str | Path, stage: str = "", *keys: Any) -> str:
     """Where a stage's checkpoints live.
 
-    ``training.checkpoint_dir`` when set; else, on a cluster (``$AUGPAINT_CHECKPOINT_ROOT``), a prefix keyed by
+    ``training.checkpoint_dir`` when set; else, in a cluster pod (``$AUGPAINT_CHECKPOINT_ROOT`` and
+    ``$KUBERNETES_SERVICE_HOST`` set), a prefix keyed by
     the stage and a hash of ``keys`` (the run identity: seed, settings and the input data's content hash,
     i.e. the data version; and the architecture), so every retry of the same task finds the same prefix and
     another run never collides with it; else ``<out>.checkpoints`` beside the output.
@@ -227,7 +228,8 @@ def checkpoint_dir(tcfg: TrainingConfig, out: str | Path, stage: str = "", *keys
     if tcfg.checkpoint_dir:
         return tcfg.checkpoint_dir
     root = os.environ.get(CHECKPOINT_ROOT_ENV, "")
-    if root and stage:
+    # Only in a Kubernetes pod: kfp.local applies the task's env too, and a laptop has no MinIO.
+    if root and stage and os.environ.get("KUBERNETES_SERVICE_HOST"):
         digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:20]
         return storage.join(root, stage, digest)
     return f"{Path(out)}.checkpoints"
