@@ -29,12 +29,13 @@ tools:
 	if [ -n "$$missing" ]; then echo "make test: needs$$missing on PATH (kubectl renders manifests/, git stamps image tags); install them and rerun" >&2; exit 2; fi
 
 # Everything, with the 15 slowest tests listed (CI: .ci/run).
+# CPU only, so a GPU host does not change what the tests expect; GPU checks: benchmarks/gpu_check.sh
 test: tools $(STAMP)
-	$(BIN)/python -m pytest --durations=15 tests
+	CUDA_VISIBLE_DEVICES="" $(BIN)/python -m pytest --durations=15 tests
 
 # Without the tests marked slow (pipelines end to end, servers, multi-process training).
 test-fast: tools $(STAMP)
-	$(BIN)/python -m pytest --durations=15 -m "not slow" tests
+	CUDA_VISIBLE_DEVICES="" $(BIN)/python -m pytest --durations=15 -m "not slow" tests
 
 compile: $(STAMP)
 	$(BIN)/augpaint compile --out augpaint_pipeline.yaml

@@ -292,6 +292,25 @@ class FilterConfig(_Strict):
                                                                  "beyond)")
 
 
+class RuntimeConfig(_Strict):
+    """Where and how the segmentation stages (train-seg, filter, evaluate) and the LDM previews run."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when a GPU is visible")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on a GPU that "
+                                                                           "has it, else fp32")
+    deterministic: bool | None = Field(None, description="torch.use_deterministic_algorithms; default on for CPU, "
+                                                         "off on a GPU (opt in: slower kernels)")
+    loader_workers: int | None = Field(None, ge=0, description="DataLoader worker processes for segmenter "
+                                                               "training; default 0 on CPU, up to 4 on a GPU")
+    eval_batch_size: PositiveInt = Field(16, description="images per forward pass in prediction and scoring")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RuntimeConfig":
+        if self.device == "cpu" and self.precision == "bf16":
+            raise ValueError("runtime.precision bf16 needs runtime.device cuda or auto (CPU runs in fp32)")
+        return self
+
+
 class TrackingConfig(_Strict):
     experiment: str = "augpaint"
 
@@ -309,7 +328,14 @@ class ClusterConfig(_Strict):
     """How the compiled pipeline runs on Kubeflow (read by ``augpaint compile``; ignored by local runs)."""
 
     gpu_resource: str = Field("nvidia.com/gpu", description="accelerator resource each GPU stage requests")
-    gpus_per_task: PositiveInt = 1
+    gpus_per_task: PositiveInt = Field(1, description="GPUs per GPU task; only 1 is supported (no stage runs "
+                                                      "data-parallel inside a task, extra GPUs would sit idle)")
+    cpu_request: str = Field("4", description="CPU request of the GPU tasks")
+    memory_request: str = Field("32G", description="memory request of the GPU tasks")
+    small_cpu: str = Field("1", description="CPU request and limit of the CPU-only tasks (tracking, merge)")
+    small_memory: str = Field("2G", description="memory request and limit of the CPU-only tasks")
+    preprocess_cpu: str = Field("4", description="CPU request and limit of preprocess")
+    preprocess_memory: str = Field("16G", description="memory request and limit of preprocess")
     tolerations: list[TolerationConfig] = Field(default_factory=lambda: [TolerationConfig()],
                                                 description="tolerations of the GPU stages")
     node_selector: dict[str, str] = Field(default_factory=dict, description="node labels for the GPU stages, "
@@ -322,6 +348,9 @@ class ClusterConfig(_Strict):
     mlflow_secret: str = Field("augpaint-mlflow", description="secret with MLFLOW_TRACKING_URI and "
                                                               "AUGPAINT_MLFLOW_SPOOL (s3:// prefix for records kept "
                                                               "while MLflow is down)")
+    checkpoint_root: str = Field("s3://augpaint/checkpoints", description="where training tasks checkpoint on "
+                                 "the cluster (s3:// prefix; <stage>/<hash of seed, settings and input data>), "
+                                 "unless training.checkpoint_dir is set; a retried pod continues from there")
     retries: int = Field(2, ge=0, description="retries of the training and inpainting tasks")
     retry_backoff_s: PositiveInt = 60
     timeout_s: dict[str, PositiveInt] = Field(
@@ -331,6 +360,13 @@ class ClusterConfig(_Strict):
         description="per-stage timeout in seconds")
     shard_parallelism: PositiveInt = Field(8, description="at most this many inpainting shards (inpaint.num_shards, "
                                                           "one pod and GPU each) run at once")
+
+    @model_validator(mode="after")
+    def _check_gpus(self) -> "ClusterConfig":
+        if self.gpus_per_task != 1:
+            raise ValueError(f"cluster.gpus_per_task {self.gpus_per_task}: only 1 is supported; no stage trains "
+                             "data-parallel inside one task (use inpaint.num_shards to spread inpainting over GPUs)")
+        return self
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's generators take seeds up to this
@@ -347,6 +383,7 @@ class AugPaintConfig(_Strict):
     filter: FilterConfig = FilterConfig()
     seg: SegConfig = SegConfig()
     training: TrainingConfig = TrainingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     tracking: TrackingConfig = TrackingConfig()
     cluster: ClusterConfig = ClusterConfig()
 

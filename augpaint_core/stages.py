@@ -35,6 +35,66 @@ STAGES: dict[str, str] = {
 }
 
 
+# The config sections each cached pipeline task receives (besides name and seed): exactly what its stage reads,
+# so that KFP's cache key (input values + input artifacts) changes only when the stage's output would. A new
+# ``cfg.<section>`` read in a stage must be added here (tests/core/test_stages.py checks the stage modules).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "preprocess": ("data",),
+    "train-ae": ("ae", "training", "runtime"),
+    "train-ldm": ("ae", "ldm", "pixel", "training", "runtime"),
+    "inpaint": ("data", "inpaint", "runtime"),
+    "merge-shards": ("data", "inpaint", "runtime"),
+    "filter": ("filter", "seg", "training", "runtime"),
+    "train-seg": ("seg", "training", "runtime"),
+}
+# Environment variable naming the pipeline run, set on cluster pods from the pod's KFP run-id label and by
+# ``pipelines.local``; stages find their MLflow parent run by it instead of taking the parent's id as an input.
+RUN_KEY_ENV = "AUGPAINT_RUN_KEY"
+RUN_KEY_TAG = "augpaint.run_key"
+
+
+def stage_config_text(cfg: AugPaintConfig | str, stage: str) -> str:
+    """The part of the config that determines ``stage``'s output, as compact JSON (valid YAML).
+
+    Sections the stage does not read are left out (they load as defaults in the task); ``evaluate`` and
+    stages without an entry in ``STAGE_SECTIONS`` get the whole config.
+
+    Args:
+        cfg: the config or its YAML text.
+        stage: a ``STAGES`` name.
+    """
+    import json
+
+    if isinstance(cfg, str):
+        cfg = config_from_yaml_text(cfg)
+    full = cfg.model_dump(mode="json")
+    if stage not in STAGE_SECTIONS:
+        return json.dumps(full, separators=(",", ":"), sort_keys=True)
+    keep = {"name": full["name"], "seed": full["seed"], **{k: full[k] for k in STAGE_SECTIONS[stage]}}
+    return json.dumps(keep, separators=(",", ":"), sort_keys=True)
+
+
+def find_parent_run(tracking_uri: str | None, run_key: str) -> str:
+    """The MLflow parent run tagged with this pipeline run's key, or "" (none found, or the server is down).
+
+    Args:
+        tracking_uri: MLflow URI.
+        run_key: the ``augpaint.run_key`` tag value (the KFP run id on a cluster).
+    """
+    from .infra.tracking import _client, resolve_uri
+
+    if not run_key or tracking_uri in ("none", "off"):
+        return ""
+    try:
+        client = _client(resolve_uri(tracking_uri))
+        exps = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(exps, filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+        return runs[0].info.run_id if runs else ""
+    except Exception as err:  # noqa: BLE001 - unreachable server: the stage still runs (spooled, top level)
+        logging.getLogger(__name__).warning("no MLflow parent run found for %s: %s", run_key, type(err).__name__)
+        return ""
+
+
 def stage_function(stage: str) -> Callable[..., Path]:
     """The function behind a stage name."""
     if stage not in STAGES:
@@ -127,9 +187,14 @@ def run_stage(stage: str, cfg: AugPaintConfig, out: str | Path, *, tracking_uri:
         run_name: MLflow run name (defaults to the stage name).
         inputs: the stage function's input paths (``dataset=...``, ``ae_path=...``).
     """
+    from .runtime import apply_cpu_quota
+
     fn = stage_function(stage)
     check_stage_inputs(stage, cfg, out, force=force, **inputs)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    apply_cpu_quota()  # torch/OpenMP threads = the pod's CPU limit, not the node's core count
+    if not parent_run_id and os.environ.get(RUN_KEY_ENV) and tracking_uri not in ("none", "off"):
+        parent_run_id = find_parent_run(tracking_uri, os.environ[RUN_KEY_ENV])
     if int(os.environ.get("RANK", "0")) != 0:
         tracking_uri = "none"  # under `accelerate launch` only rank 0 logs (and writes the artifact)
     with stage_run(tracking_uri, parent_run_id, run_name or stage, cfg.flat()) as tracker:

@@ -8,6 +8,7 @@ from components import IMAGE
 def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_name: str, config_yaml: str,
                    kfp_ui_url: str = "") -> str:
     """Create the pipeline's parent MLflow run and return its id (tagged like KFP's MLflow plugin)."""
+    import os
     import sys
 
     from augpaint_core.config import config_from_yaml_text
@@ -20,7 +21,10 @@ def start_tracking(tracking_uri: str, experiment: str, kfp_run_id: str, kfp_run_
     try:
         params = config_from_yaml_text(config_yaml).flat()
         return start_parent_run(tracking_uri, experiment, kfp_run_name,
-                                tags={"kfp.pipeline_run_id": kfp_run_id, "kfp.pipeline_run_url": url},
+                                tags={"kfp.pipeline_run_id": kfp_run_id, "kfp.pipeline_run_url": url,
+                                      # stages find this parent by the key (not by an input: that would
+                                      # defeat KFP's cache); on a cluster the key is the pod's run-id label
+                                      "augpaint.run_key": os.environ.get("AUGPAINT_RUN_KEY") or kfp_run_id},
                                 params=params, offline_ok=True)  # server down: spool, the pipeline goes on
     except AugPaintError as err:
         print(f"augpaint start-tracking: error: {err}", file=sys.stderr)

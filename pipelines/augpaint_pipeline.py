@@ -11,6 +11,7 @@ from typing import Optional
 from kfp import dsl
 
 from augpaint_core.config import AugPaintConfig
+from components.configs import stage_configs
 from components.evaluate import evaluate
 from components.export import export_nnunet
 from components.filter import filter_synthetic
@@ -73,38 +74,50 @@ def build_pipeline(cfg: Optional[AugPaintConfig] = None):
                                    kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, config_yaml=config_yaml,
                                    kfp_ui_url=kfp_ui_url)
             stage_task(start, cluster, "start-tracking", cache=False)
-            common = dict(config_yaml=config_yaml, tracking_uri=tracking_uri, parent_run_id=start.output)
-            pre = stage_task(preprocess(input_dir=input_dir, data_version=data_version, **common), cluster,
-                             "preprocess")
+            # Cached tasks get only their own config sections and no per-run value (no MLflow parent id: they
+            # find the parent by the run key), so a rerun, or a change to seg.lr, reuses AE, LDM and inpainting.
+            split = stage_task(stage_configs(config_yaml=config_yaml), cluster, "stage-configs", cache=False)
+            split.after(start)  # the parent run exists before any stage looks for it (.after is not in cache keys)
+            sec = split.outputs
+
+            def common(stage: str) -> dict:
+                return dict(config_yaml=sec[stage], tracking_uri=tracking_uri)
+
+            pre = stage_task(preprocess(input_dir=input_dir, data_version=data_version, **common("preprocess")),
+                             cluster, "preprocess")
             ds = pre.outputs["dataset"]
-            ae = stage_task(train_ae(dataset=ds, **common), cluster, "train-ae", gpu=True, retry=True)
-            ldm = stage_task(train_ldm(dataset=ds, ae=ae.outputs["ae"], **common), cluster, "train-ldm", gpu=True,
-                             retry=True)
+            ae = stage_task(train_ae(dataset=ds, **common("train_ae")), cluster, "train-ae", gpu=True, retry=True)
+            ldm = stage_task(train_ldm(dataset=ds, ae=ae.outputs["ae"], **common("train_ldm")), cluster, "train-ldm",
+                             gpu=True, retry=True)
             if shards > 1:
                 with dsl.ParallelFor(list(range(shards)), parallelism=cluster.shard_parallelism) as shard:
                     part = stage_task(inpaint(dataset=ds, ae=ae.outputs["ae"], ldm=ldm.outputs["ldm"], shard=shard,
-                                              num_shards=shards, **common), cluster, "inpaint", gpu=True,
+                                              num_shards=shards, **common("inpaint")), cluster, "inpaint", gpu=True,
                                       retry=True)
-                merged = stage_task(merge_inpaint_shards(config_yaml=config_yaml,
+                merged = stage_task(merge_inpaint_shards(config_yaml=sec["merge_shards"],
                                                          shards=dsl.Collected(part.outputs["synthetic"])),
                                     cluster, "merge-shards")
                 synthetic = merged.outputs["synthetic"]
             else:
-                syn = stage_task(inpaint(dataset=ds, ae=ae.outputs["ae"], ldm=ldm.outputs["ldm"], **common), cluster,
-                                 "inpaint", gpu=True, retry=True)
+                syn = stage_task(inpaint(dataset=ds, ae=ae.outputs["ae"], ldm=ldm.outputs["ldm"], **common("inpaint")),
+                                 cluster, "inpaint", gpu=True, retry=True)
                 synthetic = syn.outputs["synthetic"]
-            flt = stage_task(filter_synthetic(dataset=ds, synthetic=synthetic, **common), cluster, "filter",
+            flt = stage_task(filter_synthetic(dataset=ds, synthetic=synthetic, **common("filter")), cluster, "filter",
                              gpu=True, retry=True)
             # The baseline needs only the dataset, so it trains in parallel with the generative branch.
-            base = stage_task(train_seg_baseline(dataset=ds, **common), cluster, "train-seg", gpu=True, retry=True)
-            aug = stage_task(train_seg_augpaint(dataset=ds, filtered=flt.outputs["filtered"], **common), cluster,
-                             "train-seg", gpu=True, retry=True)
+            base = stage_task(train_seg_baseline(dataset=ds, **common("train_seg")), cluster, "train-seg", gpu=True,
+                              retry=True)
+            aug = stage_task(train_seg_augpaint(dataset=ds, filtered=flt.outputs["filtered"], **common("train_seg")),
+                             cluster, "train-seg", gpu=True, retry=True)
+            # Never cached, so it may take the whole config and the parent id (it logs the final numbers there).
             stage_task(evaluate(dataset=ds, baseline=base.outputs["segmenter"], augpaint=aug.outputs["segmenter"],
-                                synthetic=synthetic, filtered=flt.outputs["filtered"], **common), cluster,
-                       "evaluate", gpu=True, cache=False)
+                                synthetic=synthetic, filtered=flt.outputs["filtered"], config_yaml=config_yaml,
+                                tracking_uri=tracking_uri, parent_run_id=start.output),
+                       cluster, "evaluate", gpu=True, cache=False)
             with dsl.If(export_nnunet_as != "", name="export-nnunet-enabled"):
                 stage_task(export_nnunet(dataset=ds, filtered=flt.outputs["filtered"], nnunet_name=export_nnunet_as,
-                                         **common), cluster, "export")
+                                         config_yaml=config_yaml, tracking_uri=tracking_uri,
+                                         parent_run_id=start.output), cluster, "export", cache=False)
 
     return augpaint_pipeline
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -19,6 +21,7 @@ from typing import Iterator, TextIO
 from augpaint_core.config import AugPaintConfig
 from augpaint_core.errors import AugPaintError
 from augpaint_core.infra.tracking import resolve_uri
+from augpaint_core.stages import RUN_KEY_ENV
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -191,12 +194,22 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     log_path = out / "pipeline.log"
     if not quiet:
         print(f"augpaint run: {count_tasks(func)} stages; full log: {log_path}")
-    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
-        try:
-            func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
-            err = None
-        except RuntimeError as e:
-            err = e
+    # Tasks find the MLflow parent run by this key (on a cluster: the pod's run-id label); subprocess tasks
+    # inherit it from this process's environment.
+    old_key = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = f"local-{uuid.uuid4().hex}"
+    try:
+        with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
+            try:
+                func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
+                err = None
+            except RuntimeError as e:
+                err = e
+    finally:
+        if old_key is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+        else:
+            os.environ[RUN_KEY_ENV] = old_key
     if err is not None:
         raise AugPaintError(failure_message(sink, err, log_path) + f"; artifacts in {root}") from None
     elapsed = time.time() - t0

@@ -26,6 +26,18 @@ TINY = {
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``gpu`` skip without a visible CUDA GPU (the suite itself runs CPU-only)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def tiny_dict() -> dict:
     return copy.deepcopy(TINY)
 

@@ -368,6 +368,109 @@ def open_dataset(uri: str | Path, *, verify: bool = True, cache_dir: str | Path 
                         m["records"], m["class_names"], {k: list(v) for k, v in m.get("regions", {}).items()})
 
 
+class IndexedView:
+    """A lazy concatenation of row subsets of several arrays (ndarray or :class:`ShardedArray`).
+
+    ``IndexedView([(ds.images, train_idx), (syn.images, None)])`` behaves like
+    ``np.concatenate([ds.images[train_idx], syn.images])`` for ``len``, ``shape``, ``dtype`` and integer,
+    slice and integer-array indexing, without reading any row before it is asked for.
+
+    Args:
+        parts: (array, row indices or None for all rows) pairs with equal trailing shapes and dtypes.
+    """
+
+    def __init__(self, parts: list[tuple[Any, np.ndarray | None]]) -> None:
+        if not parts:
+            raise AugPaintError("IndexedView: no parts")
+        self._arrays = [a for a, _ in parts]
+        self._rows = [np.arange(len(a), dtype=np.int64) if i is None else np.asarray(i, np.int64) for a, i in parts]
+        tails = {tuple(a.shape[1:]) for a in self._arrays}
+        if len(tails) != 1:
+            raise AugPaintError(f"IndexedView: parts have different item shapes {sorted(tails)}")
+        self._tail = tails.pop()
+        self.dtype = np.dtype(self._arrays[0].dtype)
+        self._starts = np.concatenate([[0], np.cumsum([len(r) for r in self._rows])]).astype(np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (int(self._starts[-1]), *self._tail)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._tail)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([int(key)])][0]
+        idx = np.arange(n)[key] if isinstance(key, slice) else np.asarray(key, np.int64).reshape(-1)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} rows")
+        idx = np.where(idx < 0, idx + n, idx)
+        out = np.empty((idx.size, *self._tail), self.dtype)
+        part = np.searchsorted(self._starts, idx, side="right") - 1
+        for p in np.unique(part):
+            sel = np.nonzero(part == p)[0]
+            out[sel] = np.asarray(self._arrays[p][self._rows[p][idx[sel] - self._starts[p]]])
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out.astype(dtype) if dtype is not None else out
+
+
+class BatchReader:
+    """A ``torch.utils.data.Dataset`` whose items are whole batches: ``reader[index_batch]`` -> tensors.
+
+    Used with ``DataLoader(reader, sampler=<iterable of index batches>, batch_size=None)``: each batch is one
+    gather from the memory-mapped shards (rows read in file order), done in a worker process when the loader
+    has workers, and handed over as uint8 tensors (pinned when the loader pins), so the float conversion
+    happens on the device.
+
+    Args:
+        images: (N,H,W,3) uint8 rows (ndarray, ShardedArray or IndexedView).
+        labels: (N,H,W) integer rows, or None.
+    """
+
+    def __init__(self, images: Any, labels: Any = None) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx: Any):
+        import torch
+
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+        if self.labels is None:
+            return x
+        return x, torch.from_numpy(np.ascontiguousarray(self.labels[idx]))
+
+
+def batch_loader(reader: BatchReader, index_batches, *, workers: int = 0, pin_memory: bool = False, seed: int = 0):
+    """A DataLoader that yields ``reader[b]`` for each index batch ``b`` of ``index_batches``, in order.
+
+    Args:
+        reader: the batch reader.
+        index_batches: an iterable of index arrays (drawn in the main process, so the order does not depend on
+            the number of workers).
+        workers: worker processes (0 = read in the main process).
+        pin_memory: page-locked host buffers, so copies to a GPU can overlap compute.
+        seed: seeds the loader's own generator (its worker base seed), so building the loader does not draw
+            from the global torch RNG that dropout and the models use.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    return DataLoader(reader, sampler=index_batches, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=2 if workers else None,
+                      generator=torch.Generator().manual_seed(seed))
+
+
 def load_dataset(uri: str | Path, **kw: Any) -> SliceDataset:
     """Read a whole dataset artifact into memory (verified); :func:`open_dataset` is the lazy reader."""
     ds = open_dataset(uri, **kw)

@@ -27,7 +27,7 @@ import torch
 
 from ..infra.artifacts import atomic_dir, read_artifact_meta, write_artifact_meta
 from ..config import AugPaintConfig, InpaintConfig
-from ..data.dataset import DatasetWriter, SliceDataset, load_dataset, open_dataset, shard_hashes
+from ..data.dataset import DatasetWriter, SliceDataset, open_dataset, shard_hashes
 from ..errors import AugPaintError
 from ..runtime import seed_everything, to_tensor, to_uint8
 from .masks import AE_FACTOR, box_mask, label_mask
@@ -231,7 +231,7 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
     ds = open_dataset(dataset)
     unet, ae, sched_cfg = _load_models(cfg, ds, ae_path, ldm_path)
     rt = _Runtime(icfg)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, cfg.runtime.deterministic)
     src, empty = anchors(ds)
     for i in empty:
         log.warning("inpaint: skipping %s slice %s: label has no foreground", ds.records[i]["case_id"],
@@ -377,13 +377,16 @@ def merge_shards(cfg: AugPaintConfig, shard_dirs: list[str | Path], out: str | P
         pos = sh["items"][1]
     if pos != first["total_items"]:
         raise AugPaintError(f"merge-shards: shards cover {pos} of {first['total_items']} items")
-    parts = [load_dataset(p) for _, p, _ in metas]
+    parts = [open_dataset(p) for _, p, _ in metas]  # memory-mapped: copied one block of slices at a time
     base = parts[0]
     with atomic_dir(out, force=force) as tmp:
         writer = DatasetWriter(tmp, base.class_names, base.images.shape[1], shard_size=cfg.data.shard_size,
                                regions=base.regions)
+        block = cfg.data.shard_size
         for part in parts:
-            writer.add(np.asarray(part.images), np.asarray(part.labels), part.records)
+            for a in range(0, len(part.records), block):
+                b = min(a + block, len(part.records))
+                writer.add(part.images[a:b], part.labels[a:b], part.records[a:b])
         manifest = writer.close()
         grid = metas[0][1] / "inpaint_grid.npy"
         if grid.is_file():

@@ -23,8 +23,8 @@ from ..data.dataset import open_dataset
 from ..errors import AugPaintError
 from ..runtime import seed_everything, to_tensor, to_uint8
 from .models import AE_FACTOR, PatchDiscriminator, build_vqmodel
-from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
-                       plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
+from .training import (Checkpointer, FiniteGuard, Throughput, arch_of, checkpoint_dir, make_accelerator,
+                       maybe_checkpoint, plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 101
 MAX_SCALE_IMAGES = 2048  # the latent std is estimated on at most this many training images
@@ -107,7 +107,7 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
     a, t = cfg.ae, cfg.training
     acc = make_accelerator(t)
     seed = cfg.seed + STAGE_SEED_OFFSET
-    seed_everything(seed)
+    seed_everything(seed, cfg.runtime.deterministic)
     model = build_vqmodel(a, size)
     disc = PatchDiscriminator() if a.disc_weight > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
@@ -115,9 +115,9 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
     if disc is not None:
         dopt = torch.optim.Adam(disc.parameters(), lr=a.lr, betas=(0.5, 0.9))
         parts |= {"disc": disc, "disc_opt": dopt}
-    ckpt = Checkpointer(checkpoint_dir(t, out), t.keep_checkpoints,
-                        {"vqmodel": arch_of(model), "discriminator": disc is not None},
-                        run_identity(cfg, a, {"dataset": dataset}, acc))
+    arch, ident = {"vqmodel": arch_of(model), "discriminator": disc is not None}, \
+        run_identity(cfg, a, {"dataset": dataset}, acc)
+    ckpt = Checkpointer(checkpoint_dir(t, out, "train-ae", arch, ident), t.keep_checkpoints, arch, ident)
     start = resume_state(ckpt, t, parts, log)
     model, opt, raw, fwd = prepare(acc, model, opt, t)
     if disc is not None:
@@ -127,6 +127,7 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
     steps, log_every = plan_steps(acc, t, a, "ae", len(train_idx), start, ckpt)
     history, speed = [], Throughput()
     model.train()
+    guard = FiniteGuard("train-ae", "lower ae.lr", acc.device)
     for step in range(start, steps):
         for micro in range(t.grad_accum):
             m = step * t.grad_accum + micro
@@ -142,8 +143,7 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
                 if use_gan:
                     g_loss = generator_gan_loss(raw_disc, o.sample)
                     loss = loss + a.disc_weight * adaptive_weight(rec, g_loss, raw.decoder.conv_out.weight) * g_loss
-                if not torch.isfinite(loss):
-                    raise AugPaintError(f"train-ae: loss became {loss.item()} at step {step}; lower ae.lr")
+                guard.check(loss, step)
                 acc.backward(loss / t.grad_accum)
             if use_gan:
                 with acc.autocast():
@@ -162,6 +162,7 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
             if tracker and acc.is_main_process:
                 tracker.log_metrics({"ae_loss": row["loss"], "ae_l1": rec_v, "ae_images_per_s": row["images_per_s"]},
                                     step=step)
+        guard.end_step(step, steps, log_every, t.checkpoint_every)
         maybe_checkpoint(ckpt, acc, t, step, steps, parts, "train-ae")
     acc.wait_for_everyone()
     if not acc.is_main_process:
@@ -185,7 +186,8 @@ def train_ae(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, force
                             seed=cfg.seed, inputs={"dataset": dataset},
                             extra={"scaling_factor": scale, "val_psnr": val_psnr, "steps": steps,
                                    "resumed_from_step": start, "processes": world,
-                                   "mixed_precision": acc.mixed_precision, "history": history})
+                                   "mixed_precision": acc.mixed_precision, "device": acc.device.type,
+                                   "history": history})
     if tracker:
         tracker.log_metrics({"ae_val_psnr": val_psnr, "ae_scaling_factor": scale})
         tracker.log_image(grid, "ae_reconstructions.png")

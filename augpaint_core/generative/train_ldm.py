@@ -25,12 +25,12 @@ from ..config import AugPaintConfig
 from ..data.dataset import open_dataset
 from ..errors import AugPaintError
 from .masks import random_keep_mask
-from ..runtime import seed_everything, to_tensor, to_uint8
+from ..runtime import device_policy, seed_everything, to_tensor, to_uint8
 from .models import AE_FACTOR, build_pixel_unet, build_train_scheduler, build_unet, load_vqmodel
 from .sampling import make_scheduler
 from .train_ae import encode_latents, flipped_batch, image_grid
-from .training import (Checkpointer, Throughput, arch_of, checkpoint_dir, make_accelerator, maybe_checkpoint,
-                       plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
+from .training import (Checkpointer, FiniteGuard, Throughput, arch_of, checkpoint_dir, make_accelerator,
+                       maybe_checkpoint, plan_steps, prepare, resume_state, run_identity, step_batch, step_generator)
 
 STAGE_SEED_OFFSET = 202
 log = logging.getLogger(__name__)
@@ -42,30 +42,50 @@ def masked_input(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_unconditional(unet, scheduler_config, ae, n: int, steps: int, seed: int) -> np.ndarray:
-    """Plain DDIM samples decoded to images (a quick look at what the LDM learned)."""
+def sample_unconditional(unet, scheduler_config, ae, n: int, steps: int, seed: int,
+                         autocast=contextlib.nullcontext) -> np.ndarray:
+    """Plain DDIM samples decoded to images (a quick look at what the LDM learned), on the U-Net's device.
+
+    Args:
+        autocast: context factory around network calls (bf16 on a GPU).
+    """
     sched = make_scheduler("ddim", scheduler_config)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     c, s = unet.config.out_channels, unet.config.sample_size
-    z = torch.randn((n, c, s, s), generator=g)
+    device = next(unet.parameters()).device
+    z = torch.randn((n, c, s, s), generator=g).to(device)  # CPU draws: the same noise on any device
     for t in sched.timesteps:
-        z = sched.step(unet(z, t).sample, t, z).prev_sample
-    return to_uint8(z if ae is None else ae.decode(z / ae.config.scaling_factor).sample)
+        with autocast():
+            eps = unet(z, t).sample
+        z = sched.step(eps.float(), t, z).prev_sample
+    if ae is not None:
+        with autocast():
+            z = ae.decode(z / ae.config.scaling_factor).sample
+    return to_uint8(z.float())
 
 
 @torch.no_grad()
-def sample_conditional(unet, scheduler_config, ae, x: torch.Tensor, keep: torch.Tensor, steps: int, seed: int
-                       ) -> np.ndarray:
-    """DDIM samples of the conditional model for images ``x`` with keep-masks ``keep`` (N,1,H,W)."""
+def sample_conditional(unet, scheduler_config, ae, x: torch.Tensor, keep: torch.Tensor, steps: int, seed: int,
+                       autocast=contextlib.nullcontext) -> np.ndarray:
+    """DDIM samples of the conditional model for images ``x`` with keep-masks ``keep`` (N,1,H,W), on ``x``'s device.
+
+    Args:
+        autocast: context factory around network calls (bf16 on a GPU).
+    """
     sched = make_scheduler("ddim", scheduler_config)
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
-    cond = encode_latents(ae, masked_input(x, keep)) * ae.config.scaling_factor
-    z = torch.randn(cond.shape, generator=g)
+    with autocast():
+        cond = (encode_latents(ae, masked_input(x, keep)) * ae.config.scaling_factor).float()
+    z = torch.randn(cond.shape, generator=g).to(cond.device)
     for t in sched.timesteps:
-        z = sched.step(unet(torch.cat([z, cond], 1), t).sample, t, z).prev_sample
-    return to_uint8(ae.decode(z / ae.config.scaling_factor).sample)
+        with autocast():
+            eps = unet(torch.cat([z, cond], 1), t).sample
+        z = sched.step(eps.float(), t, z).prev_sample
+    with autocast():
+        out = ae.decode(z / ae.config.scaling_factor).sample
+    return to_uint8(out.float())
 
 
 def _batch(images, idx: np.ndarray, hflip: bool, seed: int, m: int, part: slice) -> torch.Tensor:
@@ -136,7 +156,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
     l, t = cfg.ldm, cfg.training
     acc = make_accelerator(t)
     seed = cfg.seed + STAGE_SEED_OFFSET
-    seed_everything(seed)
+    seed_everything(seed, cfg.runtime.deterministic)
     conditional = l.conditional and not pixel
     if pixel:
         latent_size, channels = size, 3
@@ -148,8 +168,10 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
     opt = torch.optim.AdamW(unet.parameters(), lr=l.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in unet.parameters()] if l.ema_decay > 0 else None
     parts = {"unet": unet, "opt": opt} | ({"ema": ema} if ema is not None else {})
-    ckpt = Checkpointer(checkpoint_dir(t, out), t.keep_checkpoints, {"unet": arch_of(unet)},
-                        run_identity(cfg, l, {"dataset": dataset} | ({} if pixel else {"ae": ae_path}), acc))
+    arch, ident = {"unet": arch_of(unet)}, \
+        run_identity(cfg, l, {"dataset": dataset} | ({} if pixel else {"ae": ae_path}), acc)
+    ckpt = Checkpointer(checkpoint_dir(t, out, "train-pixel" if pixel else "train-ldm", arch, ident),
+                        t.keep_checkpoints, arch, ident)
     start = resume_state(ckpt, t, parts, log)
     if not pixel:
         ae = ae.to(acc.device)
@@ -170,6 +192,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
     history, speed = [], Throughput()
     part = slice(rank * bs, (rank + 1) * bs)
     unet.train()
+    guard = FiniteGuard("train-ldm", "lower ldm.lr", acc.device)
     for step in range(start, steps):
         for micro in range(t.grad_accum):
             m = step * t.grad_accum + micro
@@ -193,8 +216,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
             sync = contextlib.nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(unet)
             with sync, acc.autocast():
                 loss = F.mse_loss(fwd(inp, ts).sample.float(), noise)
-                if not torch.isfinite(loss):
-                    raise AugPaintError(f"train-ldm: loss became {loss.item()} at step {step}; lower ldm.lr")
+                guard.check(loss, step)
                 acc.backward(loss / t.grad_accum)
             speed.add(len(z) * world)
         acc.clip_grad_norm_(unet.parameters(), 1.0)
@@ -211,6 +233,7 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
                 tracker.log_metrics({"ldm_loss": row["loss"], "ldm_images_per_s": row["images_per_s"]}, step=step)
         if acc.is_main_process and tracker and t.sample_every and (step + 1) % t.sample_every == 0:
             tracker.log_image(_preview(raw, ema, sched, ae, ds, cfg), f"ldm_samples_step{step + 1:07d}.png")
+        guard.end_step(step, steps, log_every, t.checkpoint_every)
         maybe_checkpoint(ckpt, acc, t, step, steps, parts, "train-ldm")
     acc.wait_for_everyone()
     if not acc.is_main_process:
@@ -226,7 +249,8 @@ def train_ldm(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | No
                             extra={"space": "pixel" if pixel else "latent", "latent_size": latent_size,
                                    "conditional": conditional, "steps": steps,
                                    "resumed_from_step": start, "processes": world,
-                                   "mixed_precision": acc.mixed_precision, "history": history})
+                                   "mixed_precision": acc.mixed_precision, "device": acc.device.type,
+                                   "history": history})
     if tracker:
         tracker.log_image(grid, "ldm_samples.png")
     return Path(out)
@@ -242,16 +266,19 @@ def _with_ema(unet, ema: list[torch.Tensor] | None):
 
 def _preview(unet, ema, sched, ae, ds, cfg: AugPaintConfig) -> np.ndarray:
     """Sample grid for MLflow: unconditional samples, or [image | masked | sample] rows for the conditional model."""
-    model = _with_ema(unet, ema).float().eval().cpu()
+    # On the training device (the previews took about 3 of ACDC's 8 LDM hours on the CPU), bf16 where it has it.
+    policy = device_policy(cfg.runtime)
+    model = _with_ema(unet, ema).float().eval().to(policy.device)
     if ae is None:  # pixel-space model
-        return image_grid([sample_unconditional(model, sched.config, None, 6, 50, cfg.seed)])
-    ae = copy.deepcopy(ae).float().cpu()  # the training copy stays on its device
+        return image_grid([sample_unconditional(model, sched.config, None, 6, 50, cfg.seed, policy.autocast)])
+    ae = copy.deepcopy(ae).float().to(policy.device)  # the training copy is left as it is
     if not cfg.ldm.conditional:
-        return image_grid([sample_unconditional(model, sched.config, ae, 6, 50, cfg.seed)])
+        return image_grid([sample_unconditional(model, sched.config, ae, 6, 50, cfg.seed, policy.autocast)])
     idx = ds.where(split="val")[:4]
     idx = idx if len(idx) else ds.where(split="train")[:4]
     x = to_tensor(ds.images[idx])
     keep = torch.from_numpy(np.stack([random_keep_mask(x.shape[-1], np.random.default_rng([cfg.seed, i]), AE_FACTOR)
                                       for i in range(len(idx))])[:, None].astype(np.float32))
-    out = sample_conditional(model, sched.config, ae, x, keep, 50, cfg.seed)
+    out = sample_conditional(model, sched.config, ae, x.to(policy.device), keep.to(policy.device), 50, cfg.seed,
+                             policy.autocast)
     return image_grid([to_uint8(x), to_uint8(masked_input(x, keep)), out])

@@ -119,7 +119,7 @@ def rand_aug(cfg: AugPaintConfig, dataset: str | Path, out: str | Path, *, copie
 
 def weak_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Weak view: a random horizontal flip per image."""
-    flip = torch.rand(len(x), generator=gen) < 0.5
+    flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)  # CPU draws: the same stream on any device
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -128,13 +128,13 @@ def strong_view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     b = len(x)
 
     def u(lo: float, hi: float) -> torch.Tensor:
-        return (lo + (hi - lo) * torch.rand(b, generator=gen))[:, None, None, None]
+        return (lo + (hi - lo) * torch.rand(b, generator=gen))[:, None, None, None].to(x.device)
 
     y = ((x + 1) / 2).clamp(0, 1)
     y = y ** torch.exp(u(-0.5, 0.5))
     y = (y - 0.5) * u(0.6, 1.4) + 0.5 + u(-0.2, 0.2)
-    y = y + 0.05 * torch.randn(y.shape, generator=gen)
-    blur = (torch.rand(b, generator=gen) < 0.5)[:, None, None, None]
+    y = y + 0.05 * torch.randn(y.shape, generator=gen).to(x.device)
+    blur = (torch.rand(b, generator=gen) < 0.5)[:, None, None, None].to(x.device)
     y = torch.where(blur, F.avg_pool2d(y, 3, 1, 1, count_include_pad=False), y)
     return (y.clamp(0, 1) * 2 - 1)
 

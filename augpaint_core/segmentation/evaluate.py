@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from ..infra.artifacts import atomic_dir, write_artifact_meta
-from ..data.dataset import load_dataset
+from ..data.dataset import IndexedView, open_dataset
 from ..config import AugPaintConfig
 from ..errors import AugPaintError
 from .metrics import CONVENTION, case_metrics, region_metrics
 from .report import report_html
 from .segmenters import load_segmenter
+from ..runtime import DevicePolicy, device_policy
 from .train_seg import predict
 
 
@@ -22,14 +23,24 @@ def hd95_unit(dataset, idx) -> str:
     return "mm" if all(dataset.records[int(i)].get("spacing_mm") for i in idx) else "px"
 
 
-def evaluate_model(model_path: str | Path, dataset, split: str = "test") -> dict:
+def evaluate_model(model_path: str | Path, dataset, split: str = "test", policy: DevicePolicy | None = None
+                   ) -> dict:
     """Per-class (and per-region) mean Dice/HD95 over the cases of ``split`` (slices stacked back into volumes).
 
     HD95 is in mm with each case's source spacing when every case has one, else in pixels
     (``hd95_unit``). With evaluation regions (BraTS WT/TC/ET) ``mean`` is the region mean, the
     numbers the paper reports; ``class_mean`` is the mean over the raw classes either way.
+    One case is predicted and held at a time (its slices read from the memory-mapped shards).
+
+    Args:
+        model_path: segmenter artifact.
+        dataset: the slice dataset (``open_dataset`` or in memory).
+        split: which split to score.
+        policy: device and precision (default: the ``runtime`` defaults).
     """
+    policy = policy or device_policy(None)
     model, info = load_segmenter(model_path)
+    model = model.to(policy.device)
     if info["num_classes"] != dataset.num_classes:
         raise AugPaintError(f"{model_path}: model has {info['num_classes']} classes, dataset "
                             f"{dataset.num_classes}")
@@ -37,18 +48,19 @@ def evaluate_model(model_path: str | Path, dataset, split: str = "test") -> dict
     if len(idx) == 0:
         raise AugPaintError(f"dataset has no {split} slices")
     unit = hd95_unit(dataset, idx)
-    pred = predict(model, dataset.images[idx])
     by_case: dict[str, list[int]] = defaultdict(list)
     for k, i in enumerate(idx):
         by_case[dataset.records[i]["case_id"]].append(k)
     per_case, per_case_region = {}, {}
     for case, ks in sorted(by_case.items()):
         ks = sorted(ks, key=lambda k: dataset.records[idx[k]]["slice_index"])
-        gt = dataset.labels[idx[ks]]
-        spacing = dataset.records[idx[ks[0]]]["spacing_mm"] if unit == "mm" else None
-        per_case[case] = case_metrics(pred[ks], gt, dataset.num_classes, spacing)
+        rows = idx[ks]
+        pred = predict(model, IndexedView([(dataset.images, rows)]), policy.batch_size, policy)
+        gt = dataset.labels[rows]
+        spacing = dataset.records[rows[0]]["spacing_mm"] if unit == "mm" else None
+        per_case[case] = case_metrics(pred, gt, dataset.num_classes, spacing)
         if dataset.regions:
-            per_case_region[case] = region_metrics(pred[ks], gt, dataset.regions, spacing)
+            per_case_region[case] = region_metrics(pred, gt, dataset.regions, spacing)
     out = {"per_class": {}, "per_case": {c: {dataset.class_names[k - 1]: v for k, v in m.items()}
                                           for c, m in per_case.items()}}
     for k, name in enumerate(dataset.class_names, start=1):
@@ -103,8 +115,10 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
         synthetic: optional unfiltered synthetic dataset, for report.html's inpainting grid.
         filtered: optional filter output, for the grid's kept/rejected marks and the generator quality.
     """
-    ds = load_dataset(dataset)
-    results = {"baseline": evaluate_model(baseline, ds), "augpaint": evaluate_model(augpaint, ds)}
+    ds = open_dataset(dataset)  # memory-mapped: each case's slices are read when it is scored
+    policy = device_policy(cfg.runtime)
+    results = {"baseline": evaluate_model(baseline, ds, policy=policy),
+               "augpaint": evaluate_model(augpaint, ds, policy=policy)}
     # With regions (BraTS) the headline mean and the gain are over the regions, as the paper reports them.
     gain = 100 * (results["augpaint"]["mean"]["dice"] - results["baseline"]["mean"]["dice"])
     unit = results["baseline"]["hd95_unit"]
@@ -130,7 +144,8 @@ def evaluate(cfg: AugPaintConfig, dataset: str | Path, baseline: str | Path, aug
         write_artifact_meta(tmp, kind="report", stage="evaluate", config=cfg.model_dump(mode="json"),
                             seed=cfg.seed, inputs={"dataset": dataset, "baseline": baseline, "augpaint": augpaint,
                                                    **({"synthetic": synthetic} if synthetic else {}),
-                                                   **({"filtered": filtered} if filtered else {})})
+                                                   **({"filtered": filtered} if filtered else {})},
+                            extra={"runtime": policy.summary()})
     if tracker:
         m = {"dice_gain_points": gain}
         for name, r in results.items():

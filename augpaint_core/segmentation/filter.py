@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from ..infra.artifacts import atomic_dir, write_artifact_meta
-from ..data.dataset import load_dataset, save_dataset, require_provenance
+from ..data.dataset import IndexedView, SliceDataset, open_dataset, require_provenance, save_dataset
 from ..config import AugPaintConfig
 from ..errors import AugPaintError
 from ..generative.masks import box_mask
 from .segmenters import load_segmenter
-from .train_seg import fit_segmenter, labeled_train, predict_with_features
+from ..runtime import DevicePolicy, device_policy
+from .train_seg import cpu_state, features, fit_segmenter, predict_batches, seg_checkpointer
 
 
 def confidence_scores(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -96,7 +97,30 @@ def _subsample(idx: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(idx, k, replace=False))
 
 
-def _calibration_features(model, arch: str, ds, cfg: AugPaintConfig) -> np.ndarray:
+def score_synthetic(model, arch: str, images, labels, policy: DevicePolicy
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confidence score, background fraction and pooled features of every synthetic sample, batch by batch.
+
+    Args:
+        model: the scorer.
+        arch: its ``seg.arch``.
+        images: (N,H,W,3) uint8 rows (memory-mapped).
+        labels: (N,H,W) rows.
+        policy: device and precision.
+
+    Returns:
+        scores (N,), background fractions (N,), features (N, D).
+    """
+    scores, bg, feats = [], [], []
+    for rows, proba, f in predict_batches(model, images, policy.batch_size, policy, arch):
+        y = np.asarray(labels[rows])
+        scores.append(confidence_scores(proba, y))
+        bg.append(background_fraction(proba, y))
+        feats.append(f)
+    return np.concatenate(scores), np.concatenate(bg), np.concatenate(feats)
+
+
+def _calibration_features(model, arch: str, ds, cfg: AugPaintConfig, policy: DevicePolicy) -> np.ndarray:
     """Features of held-out real slices (the val split) to set the OOD threshold.
 
     Distances of the slices the Gaussian was fitted on are biased low (many dimensions, few slices), so
@@ -107,7 +131,7 @@ def _calibration_features(model, arch: str, ds, cfg: AugPaintConfig) -> np.ndarr
     if len(idx) == 0:
         raise AugPaintError("filter.ood_reject needs validation slices to calibrate the threshold; the val split "
                             "is empty")
-    return predict_with_features(model, arch, ds.images[idx])[1]
+    return features(model, arch, IndexedView([(ds.images, idx)]), policy.batch_size, policy)
 
 
 def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | Path, out: str | Path, *,
@@ -125,37 +149,40 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
         tracker: optional MLflow stage tracker.
     """
     fcfg = cfg.filter
-    ds = load_dataset(dataset)
-    syn = load_dataset(synthetic)
+    ds = open_dataset(dataset)  # memory-mapped; scoring streams batch by batch
+    syn = open_dataset(synthetic)
     if len(syn.records) == 0:
         raise AugPaintError(f"{synthetic}: no synthetic samples to filter")
     require_provenance(syn, ("source_index",), synthetic, "a synthetic dataset from inpaint or rand-aug")
     if syn.images.shape[1:] != ds.images.shape[1:] or syn.class_names != ds.class_names:
         raise AugPaintError(f"{synthetic}: classes/size {syn.class_names} {syn.images.shape[1:]} do not match "
                             f"{dataset}")
+    policy = device_policy(cfg.runtime)
     if scorer is not None:
         model, info = load_segmenter(scorer)
+        model = model.to(policy.device)
         arch, scorer_info = info["seg_config"].get("arch", "unet"), {**info, "reused_from": str(scorer)}
     else:
-        train = labeled_train(ds)
+        ti = ds.where(split="train", labeled=True)
         vi = ds.where(split="val")
-        model, _ = fit_segmenter(train.images, train.labels, ds.num_classes, cfg.seg, seed=cfg.seed + 7,
-                                 epochs=fcfg.scorer_epochs, max_steps=fcfg.scorer_max_steps,
-                                 val=(ds.images[vi], ds.labels[vi]), tracker=tracker, prefix="scorer")
+        model, _ = fit_segmenter(IndexedView([(ds.images, ti)]), IndexedView([(ds.labels, ti)]), ds.num_classes,
+                                 cfg.seg, seed=cfg.seed + 7, epochs=fcfg.scorer_epochs,
+                                 max_steps=fcfg.scorer_max_steps,
+                                 val=(IndexedView([(ds.images, vi)]), IndexedView([(ds.labels, vi)])),
+                                 tracker=tracker, prefix="scorer", policy=policy,
+                                 checkpoint=seg_checkpointer(cfg, out, "filter", "scorer", {"dataset": dataset}),
+                                 checkpoint_every=cfg.training.checkpoint_every)
         arch = cfg.seg.arch
         scorer_info = {"seg_config": cfg.seg.model_dump(mode="json"), "num_classes": ds.num_classes,
                        "class_names": ds.class_names, "image_size": int(ds.images.shape[1]), "name": "scorer"}
-    syn_images, syn_labels = np.asarray(syn.images), np.asarray(syn.labels)
-    proba, syn_feats = predict_with_features(model, arch, syn_images)
-    scores = confidence_scores(proba, syn_labels)
-    bg = background_fraction(proba, syn_labels)
-    del proba
+    syn_images, syn_labels = syn.images, syn.labels
+    scores, bg, syn_feats = score_synthetic(model, arch, syn_images, syn_labels, policy)
     real_idx = ds.where(split="train")
     ref_idx = _subsample(real_idx, fcfg.quality_max_reference, cfg.seed)
-    real_images = ds.images[ref_idx]
-    _, real_feats = predict_with_features(model, arch, real_images)
+    real_images = IndexedView([(ds.images, ref_idx)])
+    real_feats = features(model, arch, real_images, policy.batch_size, policy)
     ood = mahalanobis(real_feats, syn_feats)
-    ood_threshold = float(np.quantile(mahalanobis(real_feats, _calibration_features(model, arch, ds, cfg)),
+    ood_threshold = float(np.quantile(mahalanobis(real_feats, _calibration_features(model, arch, ds, cfg, policy)),
                                       fcfg.ood_quantile))
     rej_bg = bg > fcfg.background_max_fraction if fcfg.reject_background else np.zeros(len(scores), bool)
     rej_ood = ood > ood_threshold if fcfg.ood_reject else np.zeros(len(scores), bool)
@@ -167,7 +194,9 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
     top = set(top_fraction(scores, fcfg.keep_fraction).tolist())
     kept_mask = np.zeros(len(scores), bool)
     kept_mask[keep] = True
-    kept = syn.select(keep)
+    # a lazy view: save_dataset copies the kept samples shard by shard
+    kept = SliceDataset(IndexedView([(syn.images, keep)]), IndexedView([(syn.labels, keep)]),
+                        [dict(syn.records[i]) for i in keep], syn.class_names, syn.regions)
     for r, i in zip(kept.records, keep):
         r["provenance"] = {**r["provenance"], "filter_score": float(scores[i]), "synthetic_index": int(i)}
     table = []
@@ -202,12 +231,12 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
         if quality is not None:
             (tmp / "quality.json").write_text(json.dumps(quality, indent=1))
         (tmp / "scorer").mkdir()
-        torch.save(model.state_dict(), tmp / "scorer" / "segmenter.pt")
+        torch.save(cpu_state(model), tmp / "scorer" / "segmenter.pt")
         (tmp / "scorer" / "segmenter.json").write_text(json.dumps(scorer_info))
         write_artifact_meta(tmp, kind="dataset", stage="filter", config=cfg.model_dump(mode="json"),
                             seed=cfg.seed, inputs={"dataset": dataset, "synthetic": synthetic,
                                                    **({"scorer": scorer} if scorer is not None else {})},
-                            extra={**summary, "quality": quality})
+                            extra={**summary, "quality": quality, "runtime": policy.summary()})
     if tracker:
         m = {"filter_in": len(scores), "filter_kept": len(keep), "filter_score_mean": float(scores.mean()),
              "filter_score_threshold": float(scores[keep[-1]]),

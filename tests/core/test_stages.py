@@ -25,3 +25,35 @@ def test_component_entry_point_turns_errors_into_one_line(tmp_path, capsys, conf
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("augpaint train-ae: error:") and names in err[0]
     assert not (tmp_path / "ae").exists()
+
+
+def test_stage_sections_cover_what_each_stage_reads():
+    """A cached task gets only STAGE_SECTIONS; a stage reading another section would silently see defaults."""
+    import re
+
+    from augpaint_core import stages
+
+    from pathlib import Path
+
+    root = Path(stages.__file__).parent
+    for stage, sections in stages.STAGE_SECTIONS.items():
+        module = stages.STAGES[stage].split(":")[0].replace(".", "/") + ".py"
+        read = set(re.findall(r"\bcfg\.([a-z_]+)\b", (root / module).read_text()))
+        top = {f for f in read if f in stages.AugPaintConfig.model_fields}
+        assert top <= set(sections) | {"seed", "name"}, (stage, sorted(top - set(sections)))
+
+
+def test_stage_config_text_keeps_only_the_stage_sections(tiny_cfg):
+    import json
+
+    from augpaint_core.config import config_from_yaml_text
+    from augpaint_core.stages import stage_config_text
+
+    other = tiny_cfg.model_copy(update={"seg": tiny_cfg.seg.model_copy(update={"lr": 1e-2})})
+    for stage in ("preprocess", "train-ae", "train-ldm", "inpaint"):
+        assert stage_config_text(tiny_cfg, stage) == stage_config_text(other, stage), stage
+    for stage in ("filter", "train-seg", "evaluate"):
+        assert stage_config_text(tiny_cfg, stage) != stage_config_text(other, stage), stage
+    text = stage_config_text(tiny_cfg.to_yaml(), "train-ae")
+    assert set(json.loads(text)) == {"name", "seed", "ae", "training", "runtime"}
+    assert config_from_yaml_text(text).ae == tiny_cfg.ae  # loads back as a full config

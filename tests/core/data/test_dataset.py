@@ -113,3 +113,38 @@ def test_read_straight_from_s3(s3_bucket, tmp_path):
     storage.upload_file(out / "manifest.json", f"s3://{s3_bucket}/datasets/partial/manifest.json")
     with pytest.raises(AugPaintError, match="not a complete dataset artifact"):
         open_dataset(f"s3://{s3_bucket}/datasets/partial")
+
+
+def test_indexed_view_reads_like_a_concatenation_without_loading(tmp_path):
+    from augpaint_core.data.dataset import IndexedView
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 255, (7, 4, 4, 3), dtype=np.uint8), rng.integers(0, 255, (3, 4, 4, 3), dtype=np.uint8)
+    rows = np.array([5, 1, 6])
+    v = IndexedView([(a, rows), (b, None)])
+    want = np.concatenate([a[rows], b])
+    assert v.shape == want.shape and v.dtype == want.dtype and len(v) == 6
+    assert np.array_equal(v[np.array([4, 0, 5, 2, 2])], want[[4, 0, 5, 2, 2]])
+    assert np.array_equal(v[1:5], want[1:5]) and np.array_equal(v[-1], want[-1]) and np.array_equal(np.asarray(v), want)
+    with pytest.raises(IndexError):
+        v[np.array([6])]
+
+
+def test_batch_loader_yields_the_index_batches_in_order_with_workers(tmp_path):
+    import torch
+
+    from augpaint_core.data.dataset import BatchReader, batch_loader
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (10, 4, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 3, (10, 4, 4), dtype=np.uint8)
+    order = [np.array([3, 1]), np.array([9, 0]), np.array([4, 4])]
+    for workers in (0, 2):
+        got = list(batch_loader(BatchReader(images, labels), iter(order), workers=workers))
+        assert len(got) == 3
+        for (x, y), idx in zip(got, order):
+            assert x.dtype == torch.uint8 and np.array_equal(x.numpy(), images[idx])
+            assert np.array_equal(y.numpy(), labels[idx])
+    before = torch.get_rng_state()
+    list(batch_loader(BatchReader(images), iter(order)))
+    assert torch.equal(before, torch.get_rng_state())  # building a loader leaves the global RNG (dropout) alone

@@ -298,3 +298,18 @@ def test_ldm_sees_mirrored_images_only_with_hflip(data, tmp_path, monkeypatch, c
         assert mirrored == hflip, seen
         assert seen or (conditional and not hflip)  # the unconditional path always encodes latents
     assert cfg_with().ldm.hflip is False
+
+
+def test_checkpoints_default_to_the_cluster_root_only_in_a_pod(monkeypatch, tmp_path):
+    from augpaint_core.config import TrainingConfig
+    from augpaint_core.generative.training import checkpoint_dir
+
+    t = TrainingConfig()
+    monkeypatch.setenv("AUGPAINT_CHECKPOINT_ROOT", "s3://augpaint/checkpoints")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert checkpoint_dir(t, tmp_path / "ae", "train-ae", {"seed": 0}) == f"{tmp_path / 'ae'}.checkpoints"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    a = checkpoint_dir(t, tmp_path / "ae", "train-ae", {"seed": 0})
+    assert a.startswith("s3://augpaint/checkpoints/train-ae/") and a == checkpoint_dir(t, "other", "train-ae", {"seed": 0})
+    assert a != checkpoint_dir(t, tmp_path / "ae", "train-ae", {"seed": 1})  # another run, another prefix
+    assert checkpoint_dir(TrainingConfig(checkpoint_dir="s3://x/y"), tmp_path, "train-ae", {}) == "s3://x/y"
