@@ -22,9 +22,10 @@ def test_compiled_yaml_has_the_seven_stages(tmp_path):
     assert images == {"registry.example/augpaint:1.2.3"}
     tasks = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
     inner = spec["components"][tasks]["dag"]["tasks"]
-    # The baseline only depends on preprocess (+ the tracking start), so it runs beside the generative branch.
+    # The baseline only depends on preprocess (+ the tracking start and its config section), so it runs beside
+    # the generative branch.
     deps = set(inner["train-seg-baseline"].get("dependentTasks", []))
-    assert deps <= {"preprocess", "start-tracking"}
+    assert deps <= {"preprocess", "start-tracking", "stage-configs"}
     assert "filter-synthetic" in inner["train-seg-augpaint"]["dependentTasks"]
     assert spec["root"]["dag"]["tasks"]["close-tracking"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     params = spec["root"]["inputDefinitions"]["parameters"]
