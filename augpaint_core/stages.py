@@ -38,14 +38,16 @@ STAGES: dict[str, str] = {
 # The config sections each cached pipeline task receives (besides name and seed): exactly what its stage reads,
 # so that KFP's cache key (input values + input artifacts) changes only when the stage's output would. A new
 # ``cfg.<section>`` read in a stage must be added here (tests/core/test_stages.py checks the stage modules).
+# Every stage gets ``data``: its input checks compare ``data.image_size`` with the dataset they are given (a
+# data change also changes the dataset artifact, so this costs no cache hit).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "preprocess": ("data",),
-    "train-ae": ("ae", "training", "runtime"),
-    "train-ldm": ("ae", "ldm", "pixel", "training", "runtime"),
+    "train-ae": ("data", "ae", "training", "runtime"),
+    "train-ldm": ("data", "ae", "ldm", "pixel", "training", "runtime"),
     "inpaint": ("data", "inpaint", "runtime"),
     "merge-shards": ("data", "inpaint", "runtime"),
-    "filter": ("filter", "seg", "training", "runtime"),
-    "train-seg": ("seg", "training", "runtime"),
+    "filter": ("data", "filter", "seg", "training", "runtime"),
+    "train-seg": ("data", "seg", "training", "runtime"),
 }
 # Environment variable naming the pipeline run, set on cluster pods from the pod's KFP run-id label and by
 # ``pipelines.local``; stages find their MLflow parent run by it instead of taking the parent's id as an input.

@@ -41,6 +41,10 @@ def test_stage_sections_cover_what_each_stage_reads():
         read = set(re.findall(r"\bcfg\.([a-z_]+)\b", (root / module).read_text()))
         top = {f for f in read if f in stages.AugPaintConfig.model_fields}
         assert top <= set(sections) | {"seed", "name"}, (stage, sorted(top - set(sections)))
+    # run_stage's own input checks (stages.py) read the config of every stage too.
+    own = set(re.findall(r"\bcfg\.([a-z_]+)\b", (root / "stages.py").read_text())) & set(stages.AugPaintConfig.model_fields)
+    for stage, sections in stages.STAGE_SECTIONS.items():
+        assert own <= set(sections) | {"seed", "name"}, (stage, sorted(own - set(sections)))
 
 
 def test_stage_config_text_keeps_only_the_stage_sections(tiny_cfg):
@@ -55,5 +59,5 @@ def test_stage_config_text_keeps_only_the_stage_sections(tiny_cfg):
     for stage in ("filter", "train-seg", "evaluate"):
         assert stage_config_text(tiny_cfg, stage) != stage_config_text(other, stage), stage
     text = stage_config_text(tiny_cfg.to_yaml(), "train-ae")
-    assert set(json.loads(text)) == {"name", "seed", "ae", "training", "runtime"}
+    assert set(json.loads(text)) == {"name", "seed", "data", "ae", "training", "runtime"}
     assert config_from_yaml_text(text).ae == tiny_cfg.ae  # loads back as a full config
