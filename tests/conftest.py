@@ -26,18 +26,6 @@ TINY = {
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked ``gpu`` skip without a visible CUDA GPU (the suite itself runs CPU-only)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
-
-
 def tiny_dict() -> dict:
     return copy.deepcopy(TINY)
 
@@ -91,12 +79,20 @@ def _mlflow_spool(tmp_path_factory):
 SLOW_MODULES = ("tests/kfp/test_local_pipeline.py", "tests/kfp/test_expansion_local.py",
                 "tests/core/test_expansion.py",
                 "tests/core/infra/test_tracking_server.py", "tests/core/infra/test_cluster_faults.py")
-SLOW_TESTS = ("test_ddp_with_accelerate_launch_matches_one_process",)
-SLOW_FIXTURES = ("experiment",)  # the harness over 2 splits (tests/core/test_experiment.py)
+SLOW_TESTS = ("test_ddp_with_accelerate_launch_matches_one_process", "test_local_run_writes_the_table",
+              "test_pipeline_and_in_process_harness_give_the_same_table",
+              "test_killed_segmenter_training_resumes_from_its_s3_checkpoint")
+SLOW_FIXTURES = ("experiment", "controls")  # the harness over splits and variants (tests/core/test_experiment.py)  # the harness over 2 splits (tests/core/test_experiment.py)
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the slow tests; tests marked ``gpu`` skip without a visible CUDA GPU (the suite runs CPU-only)."""
+    import torch
+
+    skip_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
     for item in items:
         path = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
         if path in SLOW_MODULES or item.originalname in SLOW_TESTS or set(SLOW_FIXTURES) & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+        if skip_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
