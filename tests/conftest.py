@@ -82,7 +82,7 @@ SLOW_MODULES = ("tests/kfp/test_local_pipeline.py", "tests/kfp/test_expansion_lo
 SLOW_TESTS = ("test_ddp_with_accelerate_launch_matches_one_process", "test_local_run_writes_the_table",
               "test_pipeline_and_in_process_harness_give_the_same_table",
               "test_killed_segmenter_training_resumes_from_its_s3_checkpoint")
-SLOW_FIXTURES = ("experiment", "controls")  # the harness over splits and variants (tests/core/test_experiment.py)  # the harness over 2 splits (tests/core/test_experiment.py)
+SLOW_FIXTURES = ("experiment", "controls")  # the harness over splits and variants (tests/core/test_experiment.py)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
