@@ -168,6 +168,46 @@ def find_report(pipeline_root: Path, since: float) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+def run_with_stage_lines(func, out: Path, root: Path, title: str, what: str, quiet: bool, **params) -> Path:
+    """Run a pipeline function through kfp.local with one line per stage; the full log goes to a file.
+
+    Tasks find the MLflow parent run by a run key (on a cluster: the pod's run-id label); subprocess tasks
+    inherit it from this process's environment, so it is set for the run and restored afterwards.
+
+    Args:
+        func: the pipeline function (kfp.local must be initialised).
+        out: run folder (the log is ``out/pipeline.log``).
+        root: the pipeline root (named in the failure message).
+        title: the header's first words, e.g. ``augpaint run``.
+        what: the failure message's subject, e.g. ``expansion pipeline``.
+        quiet: do not print the header.
+        params: the pipeline's parameters.
+
+    Returns:
+        the log's path.
+    """
+    log_path = out / "pipeline.log"
+    if not quiet:
+        print(f"{title}: {count_tasks(func)} stages; full log: {log_path}")
+    old_key = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = f"local-{uuid.uuid4().hex}"
+    try:
+        with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
+            try:
+                func(**params)
+                err = None
+            except RuntimeError as e:
+                err = e
+    finally:
+        if old_key is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+        else:
+            os.environ[RUN_KEY_ENV] = old_key
+    if err is not None:
+        raise AugPaintError(failure_message(sink, err, log_path, what) + f"; artifacts in {root}") from None
+    return log_path
+
+
 def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *, quiet: bool = False) -> dict:
     """Run the whole pipeline through kfp.local.
 
@@ -191,27 +231,8 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
     func = build_pipeline(cfg)  # built for this config, so inpaint.num_shards fans out locally too
-    log_path = out / "pipeline.log"
-    if not quiet:
-        print(f"augpaint run: {count_tasks(func)} stages; full log: {log_path}")
-    # Tasks find the MLflow parent run by this key (on a cluster: the pod's run-id label); subprocess tasks
-    # inherit it from this process's environment.
-    old_key = os.environ.get(RUN_KEY_ENV)
-    os.environ[RUN_KEY_ENV] = f"local-{uuid.uuid4().hex}"
-    try:
-        with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
-            try:
-                func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
-                err = None
-            except RuntimeError as e:
-                err = e
-    finally:
-        if old_key is None:
-            os.environ.pop(RUN_KEY_ENV, None)
-        else:
-            os.environ[RUN_KEY_ENV] = old_key
-    if err is not None:
-        raise AugPaintError(failure_message(sink, err, log_path) + f"; artifacts in {root}") from None
+    log_path = run_with_stage_lines(func, out, root, "augpaint run", "pipeline", quiet, config_yaml=cfg.to_yaml(),
+                                    tracking_uri=uri, experiment=cfg.tracking.experiment)
     elapsed = time.time() - t0
     report = find_report(root, t0)
     metrics = json.loads((report / "metrics.json").read_text())
@@ -264,19 +285,9 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
     before = versions.latest_version(versions_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     func = build_pipeline(cfg)
-    log_path = out / "pipeline.log"
-    if not quiet:
-        print(f"augpaint expand: {count_tasks(func)} stages; full log: {log_path}")
-    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
-        try:
-            func(incoming_uri=incoming, versions_uri=versions_uri, config_yaml=cfg.to_yaml(), retrain=retrain,
-                 model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
-            err = None
-        except RuntimeError as e:
-            err = e
-    if err is not None:
-        raise AugPaintError(failure_message(sink, err, log_path, "expansion pipeline") + f"; artifacts in {root}"
-                            ) from None
+    run_with_stage_lines(func, out, root, "augpaint expand", "expansion pipeline", quiet, incoming_uri=incoming,
+                         versions_uri=versions_uri, config_yaml=cfg.to_yaml(), retrain=retrain,
+                         model_prefix=model_prefix, tracking_uri=uri, experiment=experiment)
     after = versions.latest_version(versions_uri)
     manifest = versions.read_manifest(versions_uri) if after else {}
     result = {**manifest, "published": after != before, "pipeline_root": str(root)}
@@ -313,19 +324,9 @@ def run_experiment_pipeline_local(cfg: AugPaintConfig, out: Path, tracking_uri: 
     root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    log_path = out / "pipeline.log"
     t0 = time.time()
-    if not quiet:
-        print(f"augpaint experiment pipeline: {count_tasks(func)} stages; full log: {log_path}")
-    with stage_lines(log_path, count_tasks(func), task_names(func)) as sink:
-        try:
-            func(config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
-            err = None
-        except RuntimeError as e:
-            err = e
-    if err is not None:
-        raise AugPaintError(failure_message(sink, err, log_path, "experiment pipeline") + f"; artifacts in {root}"
-                            ) from None
+    run_with_stage_lines(func, out, root, "augpaint experiment pipeline", "experiment pipeline", quiet,
+                         config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
     found = [p.parent for p in root.rglob("table.md") if (p.parent / "results.json").is_file()
              and p.stat().st_mtime >= t0]
     if not found:

@@ -61,7 +61,7 @@ def _figure(image: np.ndarray, caption: str, cls: str = "") -> str:
 
 
 def metrics_table(results: dict[str, dict], class_names: list[str]) -> str:
-    """Dice (%) and HD95 (px) per class and their means, one row per model."""
+    """Dice (%) and HD95 (the results' ``hd95_unit``) per class and their means, one row per model."""
     head = "".join(f"<th>{html.escape(c)} Dice</th>" for c in class_names) + "<th>mean Dice</th>" + \
         "".join(f"<th>{html.escape(c)} HD95</th>" for c in class_names) + "<th>mean HD95</th>"
     rows = []
@@ -170,8 +170,11 @@ def report_html(title: str, ds, results: dict[str, dict], models: dict[str, str 
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if intro:
         parts.append(f"<p>{html.escape(intro)}</p>")
+    first = next(iter(results.values()), {})
+    unit = {"mm": "mm", "px": "pixels"}.get(first.get("hd95_unit", "px"), first.get("hd95_unit", "px"))
+    over = " (the headline mean is over the evaluation regions)" if first.get("mean_over") == "regions" else ""
     parts += ["<h2>Test metrics</h2>", metrics_table(results, ds.class_names),
-              '<p class="note">Dice in %, HD95 in pixels; mean over test cases (volumes).</p>']
+              f'<p class="note">Dice in %, HD95 in {unit}; mean over test cases (volumes){over}.</p>']
     if synthetic is not None:
         parts += ["<h2>Inpainting</h2>", inpainting_grid(ds, synthetic, filtered, max_sources)]
     parts += ["<h2>Segmentations on the same test slices</h2>", segmentation_overlays(ds, models, max_slices)]

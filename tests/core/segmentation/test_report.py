@@ -45,6 +45,8 @@ def test_page_is_self_contained_with_every_section(report_dir, pipeline_artifact
     assert not re.search(r'(href|src)="(http|//|file:)', page)  # nothing fetched from outside
     m = json.loads((report_dir / "metrics.json").read_text())
     assert f"{100 * m['baseline']['mean']['dice']:.2f}" in page and f"{100 * m['augpaint']['mean']['dice']:.2f}" in page
+    unit = {"mm": "mm", "px": "pixels"}[m["hd95_unit"]]
+    assert f"HD95 in {unit};" in page  # the page states the unit the numbers are in (mm for the NIfTI phantom)
     scores = json.loads((pipeline_artifacts["filtered"] / "scores.json").read_text())
     kept = [s for s in scores if s["kept"]]
     assert f"{len(kept)} of {len(scores)} samples kept" in page
