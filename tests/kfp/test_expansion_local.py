@@ -15,13 +15,15 @@ from augpaint_core.data.phantom import write_phantom
 from tests.conftest import tiny_dict
 
 FIRST, TOTAL = 8, 12
-UNLABELED = f"phantom_{TOTAL:03d}"  # arrives in round 2 without a label
+UNLABELED = f"ts_phantom_{TOTAL:03d}"  # arrives in round 2 without a label, in imagesTs (ids of imagesTs get ts_)
 
 
 def _upload_cases(raw: Path, incoming: str, cases: range, labeled: bool = True) -> None:
     for c in cases:
         name = f"phantom_{c:03d}"
-        storage.upload_file(raw / "imagesTr" / f"{name}_0000.nii.gz", f"{incoming}/imagesTr/{name}_0000.nii.gz")
+        # An image without a label in imagesTr is a lost label (refused); unlabeled cases go to imagesTs.
+        folder = "imagesTr" if labeled else "imagesTs"
+        storage.upload_file(raw / "imagesTr" / f"{name}_0000.nii.gz", f"{incoming}/{folder}/{name}_0000.nii.gz")
         if labeled:
             storage.upload_file(raw / "labelsTr" / f"{name}.nii.gz", f"{incoming}/labelsTr/{name}.nii.gz")
     storage.upload_file(raw / "dataset.json", f"{incoming}/dataset.json")
@@ -63,7 +65,9 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     _upload_cases(raw, incoming, range(FIRST, TOTAL))  # new labeled cases arrive
     _upload_cases(raw, incoming, range(TOTAL, TOTAL + 1), labeled=False)  # and an unlabeled one
     # Round 2 fans inpainting out over 2 shards (ParallelFor + merge) to run that path locally too.
-    cfg2 = parse_config({**tiny_dict(), "inpaint": {**tiny_dict()["inpaint"], "num_shards": 2, "batch_size": 2}})
+    # imagesTs is generator data only on request (data.official_test_images; the paper presets leave it off).
+    cfg2 = parse_config({**tiny_dict(), "inpaint": {**tiny_dict()["inpaint"], "num_shards": 2, "batch_size": 2},
+                         "data": {**tiny_dict()["data"], "official_test_images": True}})
     r2 = run_expansion_local(cfg2, incoming, vroot, tmp_path / "run2", uri, model_prefix=prefix, experiment=exp,
                              quiet=True)
     assert r2["published"] and r2["version"] == 2 and r2["parent"] == 1
@@ -87,9 +91,9 @@ def test_expansion_twice_with_new_cases(s3_bucket, mlflow_server, tmp_path, monk
     assert {r["case_id"] for r in syn.records} <= first_new | new
     assert len(syn.records) == man["counts"]["synthetic_slices"]
     real = load_dataset(local / "dataset")
-    assert {r["case_id"] for r in real.records} == {f"phantom_{c:03d}" for c in range(TOTAL + 1)}
+    assert {r["case_id"] for r in real.records} == {f"phantom_{c:03d}" for c in range(TOTAL)} | {UNLABELED}
     unl = [i for i, r in enumerate(real.records) if r["case_id"] == UNLABELED]
-    assert all(not real.records[i]["labeled"] for i in unl) and not real.labels[unl].any()
+    assert unl and all(not real.records[i]["labeled"] for i in unl) and not real.labels[unl].any()
     assert man["content_sha256"] == versions.content_hash(man["files"])
 
     # MLflow, read back from the server: one FINISHED parent per round with nested stage runs.
