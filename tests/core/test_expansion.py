@@ -14,10 +14,17 @@ from augpaint_core.segmentation.segmenters import build_segmenter
 
 
 def _untrained(trained, dest, cfg, num_classes: int):
-    """The trained artifact with the weights of step 0 (a model that is worse on purpose)."""
+    """The trained artifact with the weights of step 0 (a model that is worse on purpose), its recorded
+    hashes updated (readers check them)."""
+    from augpaint_core.infra.artifacts import ARTIFACT_FILE, files_digest, sha256_file
+
     shutil.copytree(trained, dest)
     torch.manual_seed(123)
     torch.save(build_segmenter(cfg.seg, num_classes, cfg.data.image_size).state_dict(), dest / "segmenter.pt")
+    meta = json.loads((dest / ARTIFACT_FILE).read_text())
+    meta["files"]["segmenter.pt"] = sha256_file(dest / "segmenter.pt")
+    meta["content_sha256"] = files_digest(meta["files"])
+    (dest / ARTIFACT_FILE).write_text(json.dumps(meta, indent=1))
     return dest
 
 

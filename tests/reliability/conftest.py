@@ -1,7 +1,7 @@
 """Helpers of the reliability table: run the CLI as a separate process and classify how it ended.
 
-``cli`` forks this (already imported) test process and runs ``augpaint_core.cli.main`` in the child
-with its stdout/stderr sent to files; an exception that escapes ``main`` is printed the way the
+``cli`` has a fork server (a fresh interpreter that imported the CLI once) run ``augpaint_core.cli.main``
+in a forked child with its stdout/stderr sent to files; an exception that escapes ``main`` is printed the way the
 interpreter prints it (``Traceback ...``), so the child ends exactly as ``augpaint ...`` would, without
 paying torch's and diffusers' import time once per case. ``cli_subprocess`` runs the real console
 entry point for the few cases that must not depend on the fork.
@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,50 +52,87 @@ class Result:
         return "other"
 
 
+# The fork server: a fresh interpreter that imports the CLI (torch, diffusers) once and forks one child per case.
+# Forking the test process itself can deadlock: it holds threads (MLflow and HTTP test servers, torch pools)
+# whose locks a forked child inherits locked. The server has no other threads when it forks.
+_SERVER_CODE = r"""
+import json, logging, os, sys, traceback
+import torch
+torch.set_num_threads(1)
+from augpaint_core.cli import main
+for line in sys.stdin:
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        rc = 1
+        try:
+            fo = os.open(req["out"], os.O_WRONLY | os.O_CREAT)
+            fe = os.open(req["err"], os.O_WRONLY | os.O_CREAT)
+            os.dup2(fo, 1)
+            os.dup2(fe, 2)
+            sys.stdout = open(1, "w", closefd=False)
+            sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
+            os.environ.clear()
+            os.environ.update(req["env"])
+            if req["cwd"]:
+                os.chdir(req["cwd"])
+            logging.root.handlers[:] = []
+            try:
+                rc = main(req["args"])
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:
+                traceback.print_exc()
+                rc = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(rc if isinstance(rc, int) else 1)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+_server: subprocess.Popen | None = None
+CASE_TIMEOUT_S = 600
+
+
+def _fork_server() -> subprocess.Popen:
+    global _server
+    if _server is None or _server.poll() is not None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+        _server = subprocess.Popen([sys.executable, "-c", _SERVER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True, env=env, cwd=REPO)
+    return _server
+
+
 def cli(args: list[str], env: dict[str, str | None] | None = None, cwd: str | Path | None = None) -> Result:
-    """``augpaint *args`` in a forked child process; env values of None unset a variable."""
+    """``augpaint *args`` in a child forked by the fork server; env values of None unset a variable.
+
+    The child gets this process's current environment (with the overrides), as a subprocess would.
+    """
+    import select
+
+    full = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
     with tempfile.TemporaryDirectory() as td:
         out_f, err_f = Path(td) / "out", Path(td) / "err"
-        pid = os.fork()
-        if pid == 0:  # child
-            rc = 1
-            try:
-                fo, fe = os.open(out_f, os.O_WRONLY | os.O_CREAT), os.open(err_f, os.O_WRONLY | os.O_CREAT)
-                os.dup2(fo, 1)
-                os.dup2(fe, 2)
-                sys.stdout = open(1, "w", closefd=False)
-                sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")
-                for k, v in (env or {}).items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-                if cwd:
-                    os.chdir(cwd)
-                import logging
-
-                logging.root.handlers[:] = []  # the parent's pytest handlers write nowhere useful here
-                import torch
-
-                torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
-                from augpaint_core.cli import main
-
-                try:
-                    rc = main([str(a) for a in args])
-                except SystemExit as e:
-                    rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                except BaseException:  # noqa: BLE001 - what the interpreter would print
-                    traceback.print_exc()
-                    rc = 1
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(rc if isinstance(rc, int) else 1)
-        _, status = os.waitpid(pid, 0)
-        rc = os.waitstatus_to_exitcode(status)
-        res = Result(rc, out_f.read_text(errors="backslashreplace"), err_f.read_text(errors="backslashreplace"))
+        server = _fork_server()
+        req = {"args": [str(a) for a in args], "env": full, "cwd": str(cwd) if cwd else "", "out": str(out_f),
+               "err": str(err_f)}
+        server.stdin.write(json.dumps(req) + "\n")
+        server.stdin.flush()
+        ready, _, _ = select.select([server.stdout], [], [], CASE_TIMEOUT_S)
+        if not ready:  # a hung case must fail the test, not the whole run
+            server.kill()
+            raise AssertionError(f"augpaint {' '.join(req['args'][:2])}: no result after {CASE_TIMEOUT_S} s")
+        rc = int(server.stdout.readline())
+        res = Result(rc, out_f.read_text(errors="backslashreplace") if out_f.exists() else "",
+                     err_f.read_text(errors="backslashreplace") if err_f.exists() else "")
     _log(args, res)
     return res
 
