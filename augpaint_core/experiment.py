@@ -350,6 +350,21 @@ def paired_gain(results: list[dict], variant: str, reference: str, k: int, seed:
             "ci95_cases": list(bootstrap_ci(cases, seed=seed)) if cases else None, "num_case_pairs": len(cases)}
 
 
+def result_record(variant: str, split: int, labeled: int, ev: dict) -> dict:
+    """One variant's result as the summary reads it (the in-process harness and the pipeline share it).
+
+    Args:
+        variant: experiment variant.
+        split: split index.
+        labeled: labeled count.
+        ev: ``evaluate_model``'s result.
+    """
+    return {"variant": variant, "split": split, "labeled": labeled, "mean_dice": ev["mean"]["dice"],
+            "mean_hd95": ev["mean"]["hd95"], "mean_over": ev["mean_over"], "hd95_unit": ev["hd95_unit"],
+            "class_mean_dice": ev["class_mean"]["dice"], "per_class": ev["per_class"],
+            "per_region": ev.get("per_region"), "num_test_cases": ev["num_cases"]}
+
+
 def summarize(results: list[dict], variants: list[str], labeled: list[int]) -> dict:
     """Mean ± std over splits per variant and k, and the paired gains (with 95% bootstrap CIs) over the
     U-Net baseline, and of ``REFERENCES`` pairs (AugPaint + aug over U-Net + aug)."""
@@ -570,11 +585,7 @@ def run_experiment(cfg: AugPaintConfig, out: str | Path, *, splits: int = 3, lab
     t0 = time.time()
 
     def on_result(v: str, split: int, k: int, ev: dict, extra: dict) -> None:
-        rec = {"variant": v, "split": split, "labeled": k, "mean_dice": ev["mean"]["dice"],
-               "mean_hd95": ev["mean"]["hd95"], "mean_over": ev["mean_over"], "hd95_unit": ev["hd95_unit"],
-               "class_mean_dice": ev["class_mean"]["dice"],
-               "per_class": ev["per_class"], "per_region": ev.get("per_region"),
-               "num_test_cases": ev["num_cases"], **extra}
+        rec = {**result_record(v, split, k, ev), **extra}
         results.append(rec)
         (out / "results.partial.json").write_text(json.dumps(results, indent=1))
         log.info("experiment: split %d, %d labeled, %s: Dice %.2f, HD95 %.2f", split, k, v, 100 * rec["mean_dice"],
@@ -718,9 +729,7 @@ def evaluate_variant(cfg: AugPaintConfig, dataset: str | Path, segmenter: str | 
     if variant not in VARIANTS:
         raise AugPaintError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     ev = evaluate_model(segmenter, load_dataset(dataset))
-    rec = {"variant": variant, "split": int(split), "labeled": int(labeled), "mean_dice": ev["mean"]["dice"],
-           "mean_hd95": ev["mean"]["hd95"], "per_class": ev["per_class"], "per_region": ev.get("per_region"),
-           "num_test_cases": ev["num_cases"]}
+    rec = result_record(variant, int(split), int(labeled), ev)
     if filtered is not None:
         meta = read_artifact_meta(filtered)
         rec["quality"] = meta.get("quality") or {}

@@ -141,7 +141,7 @@ def test_local_run_writes_the_table(pipeline_and_harness):
     report, _, seconds, d = pipeline_and_harness
     print(f"kfp.local experiment pipeline (2 splits, 2 variants, tiny): {seconds:.0f} s")
     md = (report / "table.md").read_text()
-    assert "| U-Net |" in md and "| AugPaint |" in md and "AugPaint - U-Net" in md and "95% CI" in md
+    assert "| U-Net |" in md and "| AugPaint |" in md and "AugPaint - U-Net" in md and "95% bootstrap CI" in md
     res = json.loads((report / "results.json").read_text())
     assert sorted((r["variant"], r["split"]) for r in res["results"]) == \
         [("augpaint", 0), ("augpaint", 1), ("baseline", 0), ("baseline", 1)]
