@@ -168,6 +168,17 @@ def find_report(pipeline_root: Path, since: float) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+def init_local(out: Path) -> tuple[Path, Path]:
+    """Make ``out/pipeline_root`` and point kfp.local's subprocess runner at it; returns (out, root)."""
+    from kfp import local
+
+    out = out.resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    return out, root
+
+
 def run_with_stage_lines(func, out: Path, root: Path, title: str, what: str, quiet: bool, **params) -> Path:
     """Run a pipeline function through kfp.local with one line per stage; the full log goes to a file.
 
@@ -220,15 +231,10 @@ def run_local(cfg: AugPaintConfig, out: Path, tracking_uri: str | None = None, *
     Returns:
         the evaluation metrics, plus ``report_dir`` and ``tracking_uri``.
     """
-    from kfp import local
-
     from pipelines.augpaint_pipeline import build_pipeline
 
-    out = out.resolve()
-    root = out / "pipeline_root"
-    root.mkdir(parents=True, exist_ok=True)
+    out, root = init_local(out)
     uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
     func = build_pipeline(cfg)  # built for this config, so inpaint.num_shards fans out locally too
     log_path = run_with_stage_lines(func, out, root, "augpaint run", "pipeline", quiet, config_yaml=cfg.to_yaml(),
@@ -273,17 +279,12 @@ def run_expansion_local(cfg: AugPaintConfig, incoming: str, versions_uri: str, o
         the latest version's manifest (the one this round published, unless there was nothing new),
         plus ``published`` (bool) and ``pipeline_root``.
     """
-    from kfp import local
-
     from augpaint_core.infra import versions
     from pipelines.expansion_pipeline import build_pipeline
 
-    out = out.resolve()
-    root = out / "pipeline_root"
-    root.mkdir(parents=True, exist_ok=True)
+    out, root = init_local(out)
     uri = resolve_uri(tracking_uri)
     before = versions.latest_version(versions_uri)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     func = build_pipeline(cfg)
     run_with_stage_lines(func, out, root, "augpaint expand", "expansion pipeline", quiet, incoming_uri=incoming,
                          versions_uri=versions_uri, config_yaml=cfg.to_yaml(), retrain=retrain,
@@ -314,16 +315,11 @@ def run_experiment_pipeline_local(cfg: AugPaintConfig, out: Path, tracking_uri: 
         variants: experiment variants (default: baseline, randaug, augpaint, cond_augpaint).
         quiet: do not print the table.
     """
-    from kfp import local
-
     from pipelines.experiment_pipeline import build_pipeline
 
     func = build_pipeline(cfg, splits=splits, labeled=labeled, variants=variants)  # bad options: nothing written
-    out = out.resolve()
-    root = out / "pipeline_root"
-    root.mkdir(parents=True, exist_ok=True)
+    out, root = init_local(out)
     uri = tracking_uri if tracking_uri == "none" else resolve_uri(tracking_uri)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.time()
     run_with_stage_lines(func, out, root, "augpaint experiment pipeline", "experiment pipeline", quiet,
                          config_yaml=cfg.to_yaml(), tracking_uri=uri, experiment=cfg.tracking.experiment)
