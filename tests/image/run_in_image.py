@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,14 @@ def run_docker_container_without_auto_remove(client, image: str, command: list[s
     """
     if ":" not in image:
         image += ":latest"
+    # Tasks find the MLflow parent run by the run key; on a cluster it comes from the pod's labels, here
+    # from this process (kfp.local passes a container no environment of its own beyond the task's).
+    from augpaint_core.stages import RUN_KEY_ENV
+
+    env = dict(container_run_args.pop("environment", None) or {})
+    if os.environ.get(RUN_KEY_ENV):
+        env[RUN_KEY_ENV] = os.environ[RUN_KEY_ENV]
+    container_run_args["environment"] = env
     container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
                                       volumes=volumes, **container_run_args)
     try:
@@ -64,12 +73,18 @@ def run_pipeline(cfg, root: Path, tracking_uri: str) -> None:
     """
     from kfp import local
 
+    from augpaint_core.stages import RUN_KEY_ENV
     from pipelines.augpaint_pipeline import build_pipeline
 
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o777)  # the image runs as uid 1000; kfp creates the task folders from this (root) process
     local.init(runner=local.DockerRunner(), pipeline_root=str(root), raise_on_error=True)
-    build_pipeline(cfg)(config_yaml=cfg.to_yaml(), tracking_uri=tracking_uri, experiment=cfg.tracking.experiment)
+    os.environ[RUN_KEY_ENV] = f"image-test-{uuid.uuid4().hex}"  # one key per pipeline run, as on a cluster
+    try:
+        build_pipeline(cfg)(config_yaml=cfg.to_yaml(), tracking_uri=tracking_uri,
+                            experiment=cfg.tracking.experiment)
+    finally:
+        os.environ.pop(RUN_KEY_ENV, None)
 
 
 def main() -> int:
