@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=20)
     p.add_argument("--slices", type=int, default=10)
     p.add_argument("--size", type=int, default=96)
+    p.add_argument("--vessels", type=int, default=0, choices=range(5), metavar="0..4",
+                   help="great vessels per patient, at most (hard negatives outside the heart)")
     p = sub.add_parser("make-fixture", help="write a tiny fake dataset in a real raw layout (to try preprocess)")
     p.add_argument("--format", dest="fmt", required=True,
                    choices=["acdc", "msd_brats", "synapse", "isic", "nnunet", "nnunet_png"])
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "make-phantom":
             from .data.phantom import write_phantom
 
-            out = write_phantom(args.out, seed=args.seed, num_cases=args.cases, slices=args.slices, size=args.size)
+            out = write_phantom(args.out, seed=args.seed, num_cases=args.cases, slices=args.slices, size=args.size,
+                                vessels=args.vessels)
             print(f"make-phantom: wrote {out}")
         elif args.command == "make-fixture":
             from .data.fakedata import write_fake_dataset

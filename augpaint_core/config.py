@@ -25,6 +25,9 @@ class PhantomConfig(_Strict):
     num_cases: PositiveInt = 20
     slices_per_case: PositiveInt = 10
     size: PositiveInt = 96
+    vessels: int = Field(0, ge=0, le=4, description="great vessels per patient, at most: bright pools in a dark "
+                                                    "wall outside the heart, labeled background (hard negatives "
+                                                    "that vary between patients); 0 = the original phantom")
 
 
 FORMATS = ("auto", "nnunet", "acdc", "msd", "synapse", "isic")
@@ -161,6 +164,9 @@ class InpaintConfig(_Strict):
                              "keep the box anyway (the paper)")
     big_box_fraction: float = Field(0.5, gt=0.0, le=1.0, description="kept-box area, as a fraction of the image, "
                                                                       "above which big_box applies")
+    match_noise: bool = Field(False, description="add white noise to the generated pixels until their fine-scale "
+                                                 "noise matches the source scan's (a small AE decodes smooth "
+                                                 "images; off in the paper)")
     mask_flip: bool = Field(False, description="randomly flip image+label vertically or horizontally before "
                                                "inpainting (paper section 4.4; on for BraTS)")
     repaint_jump_length: PositiveInt = Field(10, description="RePaint: steps jumped back per resampling")

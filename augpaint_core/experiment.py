@@ -16,7 +16,8 @@ Variants: ``baseline`` (U-Net on S^l), ``unimatch`` (S^l + UniMatch consistency 
 ``augpaint_strict`` (the AugPaint pool filtered with ``filter.reject_background`` and ``filter.ood_reject``).
 ``baseline_aug`` and ``augpaint_aug`` add on-the-fly augmentation (``seg.augment``, nnU-Net style) to the
 segmenter training: does AugPaint add to standard augmentation? Controls: ``oracle_paste`` (the labeled boxes
-pasted into real slices of other patients: the ceiling for any background generator) and the filter controls
+pasted into real slices of other patients, chosen and labeled with the true labels: the ceiling for any
+background generator) and the filter controls
 ``augpaint_random50``, ``augpaint_bottom50``, ``augpaint_all`` (the same AugPaint pool, a random half, the
 worst-scored half, everything). Every variant gets the same segmenter budget.
 
@@ -85,6 +86,17 @@ def _once(path: Path, fn: Callable[[], object]) -> Path:
         fn()
         log.info("experiment: %s in %.0f s", path.name, time.time() - t0)
     return path
+
+
+def _truth_cfg(cfg: AugPaintConfig, dataset: Path) -> AugPaintConfig:
+    """The config that preprocesses the same split with every training patient that has a label file labeled."""
+    from .data.dataset import load_dataset
+
+    recs = load_dataset(dataset).records
+    c = cfg.model_copy(deep=True)
+    c.data.num_labeled = len({r.get("patient_id") or r["case_id"] for r in recs
+                              if r["split"] == "train" and (r.get("provenance") or {}).get("label_file")})
+    return c
 
 
 def _variant_cfg(cfg: AugPaintConfig, semi: bool, augment: bool = False) -> AugPaintConfig:
@@ -275,8 +287,9 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
             syn = d / f"syn_{'augpaint' if pool == 'augpaint_strict' else pool}"
             if pool == "randaug":
                 _once(syn, lambda: rand_aug(c, ds, syn))
-            elif pool == "oracle":
-                _once(syn, lambda: oracle_paste(c, ds, syn))
+            elif pool == "oracle":  # backgrounds chosen and labeled with every training label (an oracle)
+                truth = _once(d / "dataset_truth", lambda: preprocess(_truth_cfg(c, ds), d / "dataset_truth"))
+                _once(syn, lambda: oracle_paste(c, ds, syn, truth=truth))
             else:
                 ldm = shared["ldm_cond" if pool == "cond" else "ldm"]
                 _once(syn, lambda: inpaint(c, ds, shared["ae"], ldm, syn))

@@ -20,6 +20,10 @@ every one with the same segmenter budget, and prints
     .venv/bin/python benchmarks/evidence.py [--config configs/demo.yaml] [--splits 5] [--out runs/evidence]
         [--set KEY=VALUE ...] [--variants a,b,...]
 
+``--reuse RUN`` copies the finished stages of an earlier run whose config they match (dataset, AE, LDM, the two
+baselines), so a recipe change downstream of the generator (``--set inpaint.box_margin=8``, say) costs only
+the inpainting, the filter and the AugPaint segmenters.
+
 Designed for <= 90 minutes on 2 CPU cores at the demo budgets (5 splits x 9 segmenters); measure with
 ``--splits 1`` first: it prints the projection. An interrupted run continues from its finished stages.
 """
@@ -29,6 +33,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -37,8 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from augpaint_core.config import load_config
-from augpaint_core.experiment import VARIANTS, equal_size_fd, run_experiment
-from augpaint_core.infra.artifacts import read_artifact_meta
+from augpaint_core.experiment import (VARIANTS, _truth_cfg, _variant_cfg, equal_size_fd, run_experiment,
+                                     split_config)
+from augpaint_core.infra.artifacts import ARTIFACT_FILE, read_artifact_meta
+from augpaint_core.stages import STAGE_SECTIONS
 
 DEFAULT_VARIANTS = ["baseline", "baseline_aug", "randaug", "augpaint", "augpaint_aug", "oracle_paste",
                     "augpaint_random50", "augpaint_bottom50", "augpaint_all"]
@@ -88,6 +95,48 @@ def generator_quality(work: Path, k: int) -> list[dict]:
                     row[f"fd_{pool}"] = equal_size_fd(real, predict_with_features(model, arch, syn.images)[1],
                                                       seed=row["split"])
         rows.append(row)
+    return rows
+
+
+def reuse_stages(src: Path, out: Path, cfg, splits: int, k: int) -> list[str]:
+    """Copy stages of the run in ``src`` into ``out`` where their recorded config matches this run's.
+
+    Only the sections that decide a stage's output are compared (``STAGE_SECTIONS``, and the seed), so an
+    override that touches them makes the stage rerun.
+    """
+    copied = []
+    for split in range(splits):
+        c = split_config(cfg, split)
+        c.data.num_labeled = k
+        sw, dw = src / "work" / f"split{split}", out / "work" / f"split{split}"
+        wants = {"ae": ("train-ae", c), "ldm": ("train-ldm", c), f"k{k}/dataset": ("preprocess", c),
+                 f"k{k}/seg_baseline": ("train-seg", _variant_cfg(c, False)),
+                 f"k{k}/seg_baseline_aug": ("train-seg", _variant_cfg(c, False, True))}
+        if (sw / f"k{k}/dataset" / ARTIFACT_FILE).is_file():
+            wants[f"k{k}/dataset_truth"] = ("preprocess", _truth_cfg(c, sw / f"k{k}/dataset"))
+        for rel, (stage, want) in wants.items():
+            a, b = sw / rel, dw / rel
+            if b.exists() or not (a / ARTIFACT_FILE).is_file():
+                continue
+            had, need = read_artifact_meta(a)["config"], want.model_dump(mode="json")
+            if all(had.get(sec) == need[sec] for sec in STAGE_SECTIONS[stage]) and had.get("seed") == need["seed"]:
+                b.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(a, b)
+                copied.append(f"split{split}/{rel}")
+    return copied
+
+
+def seg_convergence(work: Path, k: int, variants: list[str]) -> list[dict]:
+    """Per variant, over splits: is validation Dice still rising when the segmenter's budget ends?"""
+    rows = []
+    for v in variants:
+        hists = [read_artifact_meta(p).get("history") or [] for p in sorted(work.glob(f"split*/k{k}/seg_{v}"))]
+        hists = [[h["val_dice"] for h in hist if h.get("val_dice") is not None] for hist in hists]
+        hists = [h for h in hists if len(h) >= 2]
+        if hists:
+            rows.append({"variant": v, "n": len(hists),
+                         "best_at_last": sum(h[-1] >= max(h) for h in hists),
+                         "last_half_gain": float(np.mean([h[-1] - h[len(h) // 2 - 1] for h in hists]) * 100)})
     return rows
 
 
@@ -151,6 +200,17 @@ def report(out: Path, k: int, seconds: float, stage_times: dict[str, float]) -> 
         if es:
             o, i = sum(e["fp_outside_boxes"] for e in es), sum(e["errors_inside_boxes"] for e in es)
             lines.append(f"| {VARIANTS[v][0]} | {o} | {i} | {o / max(1, o + i):.1%} |")
+    lines += ["", "Segmenter budget: is validation Dice still rising at the last check?", "",
+              "| variant | splits with the best check last | val Dice gain over the second half (points) |",
+              "|---|---|---|"]
+    for r in seg_convergence(out / "work", k, variants):
+        lines.append(f"| {VARIANTS[r['variant']][0]} | {r['best_at_last']} / {r['n']} | {r['last_half_gain']:+.2f} |")
+    oracle = [read_artifact_meta(p) for p in sorted((out / "work").glob(f"split*/k{k}/syn_oracle"))]
+    if oracle:
+        vis = sum(m.get("pairs_with_visible_background_foreground") or 0 for m in oracle)
+        lines += ["", f"Oracle paste: {sum(m['num_samples'] for m in oracle)} pairs, "
+                  + (f"{vis} with background structures left visible (labeled with their true class)"
+                     if all(m.get("truth") for m in oracle) else "pasted blind (no truth labels)")]
     lines += ["", f"Time: {seconds:.0f} s for {splits} split(s) ({seconds / splits:.0f} s per split; "
               f"{5 * seconds / splits / 60:.0f} min projected for 5 splits). Stage seconds (all splits): "
               + ", ".join(f"{kk} {v:.0f}" for kk, v in sorted(stage_times.items(), key=lambda kv: -kv[1]))]
@@ -167,6 +227,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (after "
                     "the evidence defaults " + " ".join(DEFAULT_SETS) + ")")
     ap.add_argument("--force", action="store_true", help="replace a finished run in --out")
+    ap.add_argument("--reuse", type=Path, help="an earlier run folder: copy its stages whose config matches")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     times = _StageTimes()
@@ -176,6 +237,9 @@ def main() -> None:
     cfg = load_config(args.config, DEFAULT_SETS + [f"data.num_labeled={args.labeled}"] + args.set)
     out = Path(args.out)
     t0 = time.time()
+    if args.reuse:
+        got = reuse_stages(args.reuse, out, cfg, args.splits, args.labeled)
+        print(f"reused {len(got)} stages from {args.reuse}: {', '.join(got) or 'none matched'}", flush=True)
     if not (out / "results.json").is_file() or args.force:
         run_experiment(cfg, out, splits=args.splits, labeled=[args.labeled], variants=args.variants.split(","),
                        tracking_uri="none", force=args.force)

@@ -5,6 +5,12 @@ bright fat blobs (distractors), and three labeled structures that shrink from
 base to apex: 1 RV (a crescent), 2 MYO (a dark ring) and 3 LV (a bright pool).
 Position, size, orientation, intensities, texture and noise vary per patient, so
 a segmenter that saw one or two patients does not generalise for free.
+
+With ``vessels`` > 0 each patient also gets up to that many great-vessel cross-sections
+(aorta, pulmonary artery): bright blood pools with a dark wall, like the LV and its
+myocardium, at patient-specific places outside the heart, labeled background. In the
+original phantom nearly all patient-to-patient variation sits inside the labeled
+structures; these hard negatives vary in the background, as real anatomy does.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return n / (n.std() + 1e-8)
 
 
-def make_patient(seed: int, case: int, size: int = 96, slices: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def make_patient(seed: int, case: int, size: int = 96, slices: int = 10, vessels: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """One phantom volume.
 
     Args:
@@ -32,6 +39,7 @@ def make_patient(seed: int, case: int, size: int = 96, slices: int = 10) -> tupl
         case: patient index; (seed, case) fixes everything.
         size: in-plane size in pixels.
         slices: number of short-axis slices.
+        vessels: at most this many great vessels per patient (0: the original phantom, unchanged).
 
     Returns:
         image (size, size, slices) float32 in MRI-like units, label (size, size, slices) uint8.
@@ -63,6 +71,15 @@ def make_patient(seed: int, case: int, size: int = 96, slices: int = 10) -> tupl
     lung_dx = rng.uniform(18, 24) * s
     bias = _smooth_noise(rng, size, 20 * s) * rng.uniform(0.05, 0.2)
     first, last = int(rng.integers(0, 2)), slices - int(rng.integers(1, 3))  # slices with heart
+    # Vessels draw from their own stream, so vessels=0 leaves every other draw (and the volume) as before.
+    vrng = np.random.default_rng([seed, case, 1])
+    vessel_list = []
+    for _ in range(int(vrng.integers(1, vessels + 1)) if vessels else 0):
+        ang, dist = vrng.uniform(0, 2 * np.pi), vrng.uniform(1.9, 2.6) * (lv_r0 + myo_w)
+        r = vrng.uniform(0.45, 0.8) * lv_r0
+        z0, z1 = int(vrng.integers(0, max(1, slices // 2))), int(vrng.integers(slices // 2, slices + 1))
+        vessel_list.append((heart_c + dist * np.array([np.sin(ang), np.cos(ang)]), r, vrng.uniform(0.6, 0.95),
+                            vrng.uniform(1.0, 1.6) * s, z0, z1))
 
     for z in range(slices):
         body = ((yy - body_c[0]) / body_r[0]) ** 2 + ((xx - body_c[1]) / body_r[1]) ** 2 <= 1
@@ -76,6 +93,11 @@ def make_patient(seed: int, case: int, size: int = 96, slices: int = 10) -> tupl
         sl[spine] = 0.8
         for c, r, v in blobs:  # bright fat: looks like blood pool
             sl[(yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= r * r] = v
+        for c, r, v, wall, z0, z1 in vessel_list:  # great vessels: a blood pool in a dark wall, not labeled
+            if z0 <= z < z1:
+                d2 = (yy - c[0]) ** 2 + (xx - c[1]) ** 2
+                sl[(d2 <= (r + wall) ** 2) & body] = myo_int
+                sl[(d2 <= r * r) & body] = v
         if first <= z < last:
             frac = (z - first) / max(1, last - first)
             lv_r = lv_r0 * (1.0 - 0.55 * frac)
@@ -96,7 +118,7 @@ def make_patient(seed: int, case: int, size: int = 96, slices: int = 10) -> tupl
     return img, lab
 
 
-def write_phantom(out: str | Path, *, seed: int, num_cases: int, slices: int, size: int) -> Path:
+def write_phantom(out: str | Path, *, seed: int, num_cases: int, slices: int, size: int, vessels: int = 0) -> Path:
     """Write a phantom dataset in nnU-Net v2 raw format (NIfTI, one channel 'MRI').
 
     Args:
@@ -105,13 +127,14 @@ def write_phantom(out: str | Path, *, seed: int, num_cases: int, slices: int, si
         num_cases: number of patients.
         slices: slices per patient.
         size: in-plane pixels.
+        vessels: great vessels per patient, at most (see the module docstring).
     """
     out = Path(out)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     affine = np.diag([*SPACING, 1.0])
     for case in range(num_cases):
-        img, lab = make_patient(seed, case, size, slices)
+        img, lab = make_patient(seed, case, size, slices, vessels)
         name = f"phantom_{case:03d}"
         nib.save(nib.Nifti1Image(img, affine), out / "imagesTr" / f"{name}_0000.nii.gz")
         nib.save(nib.Nifti1Image(lab, affine), out / "labelsTr" / f"{name}.nii.gz")

@@ -258,7 +258,7 @@ def _source(cfg: AugPaintConfig, input_dir: str | Path | None, fmt: str | None, 
                                 f"(the built-in phantom is used only with data.format auto)")
         p = cfg.data.phantom
         src = write_phantom(scratch / "phantom", seed=cfg.seed, num_cases=p.num_cases, slices=p.slices_per_case,
-                            size=p.size)
+                            size=p.size, vessels=p.vessels)
         fmt = "nnunet"
     elif storage.is_s3(str(src)):
         src = storage.download_dir(str(src), scratch / "raw")

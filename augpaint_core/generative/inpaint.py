@@ -32,6 +32,7 @@ from ..errors import AugPaintError
 from ..runtime import seed_everything, to_tensor, to_uint8
 from .masks import AE_FACTOR, box_mask, label_mask
 from .models import check_pair, load_ldm, load_vqmodel
+from .noise import match_noise
 from .sampling import ItemNoise, augpaint_loop, batch_invariant, make_scheduler, repaint_loop
 from .train_ae import image_grid
 
@@ -287,7 +288,11 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
                 else:
                     gen = augpaint_sample(net, ae, sched_cfg, x, m, seeds, steps=steps, eta=icfg.eta,
                                           known_noise=icfg.known_noise, sampler=sampler, autocast=rt.autocast)
-                out_u8 = np.where(mask[..., None], xs, to_uint8(gen))  # paste the real pixels back: exact labels
+                gen_u8, added = to_uint8(gen), [0.0] * len(chunk)
+                if icfg.match_noise:
+                    for k in range(len(chunk)):
+                        gen_u8[k], added[k] = match_noise(gen_u8[k], xs[k], mask[k], seeds[k])
+                out_u8 = np.where(mask[..., None], xs, gen_u8)  # paste the real pixels back: exact labels
                 records = []
                 for k, (s, j) in enumerate(chunk):
                     r = ds.records[s]
@@ -301,7 +306,8 @@ def inpaint(cfg: AugPaintConfig, dataset: str | Path, ae_path: str | Path | None
                                        else icfg.eta, "known_noise": icfg.known_noise, "mask": icfg.mask,
                                        "box_margin": icfg.box_margin, "flip": flips[k],
                                        "kept_region": regions[k][1], "big_box": icfg.big_box,
-                                       "big_box_fraction": icfg.big_box_fraction}})
+                                       "big_box_fraction": icfg.big_box_fraction,
+                                       "match_noise_sd": round(added[k], 3) if icfg.match_noise else None}})
                     if s in src[:GRID_SOURCES] and flips[k] == "none":
                         grid_rows.setdefault(s, [xs[k], np.repeat((mask[k] * 255).astype(np.uint8)[..., None], 3,
                                                                  -1)]).append(out_u8[k])

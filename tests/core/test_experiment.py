@@ -231,6 +231,10 @@ def test_augmentation_variants_and_controls_end_to_end(controls):
     assert sorted(bottom) == sorted(sorted(scores, key=lambda i: (scores[i], i))[:half])
     oracle = load_dataset(work / "syn_oracle").records
     assert {r["provenance"]["sampler"] for r in oracle} == {"oracle_paste"}
+    assert all(isinstance(r["provenance"]["background_foreground_px"], int) for r in oracle)  # chosen with truth
+    truth = load_dataset(work / "dataset_truth")
+    labeled_truth = {r["patient_id"] for r in truth.records if r["split"] == "train" and r["labeled"]}
+    assert len(labeled_truth) > 1  # every training patient (the run has 1 labeled), for the oracle only
     md = (out / "table.md").read_text()
     assert "AugPaint + aug - U-Net + aug" in md and "Oracle paste - U-Net" in md and "95% bootstrap CI" in md
 

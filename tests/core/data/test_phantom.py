@@ -37,3 +37,15 @@ def test_write_phantom_is_nnunet_raw(tmp_path):
     lab = nib.load(root / "labelsTr" / "phantom_001.nii.gz")
     assert img.shape == lab.shape == (32, 32, 3)
     assert np.allclose(img.header.get_zooms(), (1.5, 1.5, 8.0))
+
+
+def test_vessels_are_unlabeled_hard_negatives_and_off_by_default():
+    plain_img, plain_lab = make_patient(0, 2, 64, 8)
+    zero_img, _ = make_patient(0, 2, 64, 8, vessels=0)
+    assert np.array_equal(plain_img, zero_img)  # the original phantom, draw for draw
+    img, lab = make_patient(0, 2, 64, 8, vessels=3)
+    assert np.array_equal(lab, plain_lab)  # vessels are background
+    changed = np.abs(img - plain_img) > 1e-3 * plain_img.max()
+    assert changed.any() and not changed[plain_lab > 0].any()
+    bright = img > np.percentile(img[plain_lab == 3], 5)  # as bright as the LV pool, outside every label
+    assert (bright & changed & (plain_lab == 0)).sum() > 20

@@ -206,6 +206,19 @@ def test_fixed_known_noise_differs_from_fresh(pipeline_artifacts, tmp_path):
     assert {r["provenance"]["known_noise"] for r in fixed.records} == {"fixed"}
 
 
+def test_match_noise_changes_only_generated_pixels(pipeline_artifacts, tmp_path):
+    a = pipeline_artifacts
+    noisy = load_dataset(inpaint(_cfg(a, match_noise=True), a["dataset"], a["ae"], a["ldm"], tmp_path / "n"))
+    plain, ds = load_dataset(a["synthetic"]), load_dataset(a["dataset"])
+    sds = [r["provenance"]["match_noise_sd"] for r in noisy.records]
+    assert all(sd is not None and sd >= 0 for sd in sds) and max(sds) > 0
+    assert {r["provenance"]["match_noise_sd"] for r in plain.records} == {None}
+    for img, lab, rec in zip(noisy.images, noisy.labels, noisy.records):
+        m = box_mask(lab)
+        assert np.array_equal(img[m], ds.images[rec["provenance"]["source_index"]][m])  # labels stay exact
+    assert not np.array_equal(noisy.images, plain.images)
+
+
 def test_repaint_baseline_runs_on_a_pixel_model(pipeline_artifacts, tmp_path):
     from augpaint_core.generative.sampling import repaint_calls
     from augpaint_core.generative.train_ldm import train_pixel
