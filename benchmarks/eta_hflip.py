@@ -24,6 +24,7 @@ import numpy as np
 from augpaint_core.config import load_config
 from augpaint_core.data.dataset import load_dataset
 from augpaint_core.data.preprocess import preprocess
+from augpaint_core.experiment import bootstrap_ci
 from augpaint_core.generative.inpaint import inpaint
 from augpaint_core.generative.models import load_vqmodel
 from augpaint_core.generative.train_ae import train_ae
@@ -99,8 +100,11 @@ def main() -> None:
     for name in variants:
         dice = np.array([r[name]["dice"] for r in rows])
         g = dice - np.array([r[name]["baseline"] for r in rows])
-        vs = "" if name == ref_name else (f"{(dice - ref).mean():+.2f} ± {(dice - ref).std():.2f} ("
-                                         + ", ".join(f"{x:+.1f}" for x in dice - ref) + ")")
+        d = dice - ref
+        ci = bootstrap_ci(d) if len(d) >= 2 else None
+        vs = "" if name == ref_name else (f"{d.mean():+.2f} ± {d.std():.2f}"
+                                         + (f" [95% CI {ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
+                                         + " (" + ", ".join(f"{x:+.1f}" for x in d) + ")")
         f, t = (np.array([r[name][k] for r in rows]) for k in ("fd", "inpaint_s"))
         print(f"| {name} {VARIANTS[name]} | {dice.mean():.2f} ± {dice.std():.2f} | {g.mean():+.2f} ± {g.std():.2f} "
               f"| {vs} | {f.mean():.3f} ± {f.std():.3f} (n={rows[0][name]['fd_n']}) | {t.mean():.1f} |")

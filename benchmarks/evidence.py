@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augpaint_core.config import load_config
+from augpaint_core.config import AugPaintConfig, load_config
 from augpaint_core.experiment import (VARIANTS, _truth_cfg, _variant_cfg, equal_size_fd, run_experiment,
                                      split_config)
 from augpaint_core.infra.artifacts import ARTIFACT_FILE, read_artifact_meta
@@ -118,7 +118,9 @@ def reuse_stages(src: Path, out: Path, cfg, splits: int, k: int) -> list[str]:
             a, b = sw / rel, dw / rel
             if b.exists() or not (a / ARTIFACT_FILE).is_file():
                 continue
-            had, need = read_artifact_meta(a)["config"], want.model_dump(mode="json")
+            # Through the schema, so that a field added since (at its default) still matches.
+            had = AugPaintConfig.model_validate(read_artifact_meta(a)["config"]).model_dump(mode="json")
+            need = want.model_dump(mode="json")
             if all(had.get(sec) == need[sec] for sec in STAGE_SECTIONS[stage]) and had.get("seed") == need["seed"]:
                 b.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(a, b)
