@@ -70,8 +70,12 @@ def oracle_paste_dataset(ds: SliceDataset, copies: int, seed: int, icfg: Inpaint
         img, lab = np.asarray(ds.images[s]), np.asarray(ds.labels[s])
         keep, kind = kept_region(lab, icfg)
 
+        seen: dict[int, int] = {}  # per source: each candidate's count is needed by every copy
+
         def visible(i: int) -> int:  # the background's own foreground pixels left outside the pasted region
-            return 0 if truth is None else int(np.count_nonzero(np.asarray(truth.labels[i])[~keep]))
+            if i not in seen:
+                seen[i] = 0 if truth is None else int(np.count_nonzero(np.asarray(truth.labels[i])[~keep]))
+            return seen[i]
 
         for j in range(copies):
             item_seed = zlib.crc32(f"oracle:{seed}:{s}:{j}".encode()) & 0x7FFFFFFF
