@@ -49,3 +49,16 @@ def test_vessels_are_unlabeled_hard_negatives_and_off_by_default():
     assert changed.any() and not changed[plain_lab > 0].any()
     bright = img > np.percentile(img[plain_lab == 3], 5)  # as bright as the LV pool, outside every label
     assert (bright & changed & (plain_lab == 0)).sum() > 20
+
+
+def test_vessels_out_of_range_names_the_field():
+    import pytest
+
+    from augpaint_core.config import parse_config
+    from augpaint_core.errors import AugPaintError
+    from tests.conftest import tiny_dict
+
+    d = tiny_dict()
+    d["data"]["phantom"] = {**d["data"].get("phantom", {}), "vessels": 9}
+    with pytest.raises(AugPaintError, match="data.phantom.vessels"):
+        parse_config(d, "t")
