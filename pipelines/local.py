@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -133,6 +134,11 @@ def stage_lines(log_path: Path, total: int, names: dict[str, str] | None = None)
     """Send kfp.local's output to ``log_path``; print one line per finished stage instead."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     term = sys.stdout
+    root = logging.getLogger()
+    # kfp.local swaps the root logger's handlers per task, from threads when tasks run in parallel, and logs
+    # outside that swap too (logging.info then installs a handler on the current stderr): a handler bound to
+    # this sink can outlive it and fail on the closed log file in the next run ("--- Logging error ---").
+    handlers, level = root.handlers[:], root.level
     with open(log_path, "w") as log:
         sink = StageLog(log, term, total, names=names)
         old = sys.stdout, sys.stderr
@@ -141,6 +147,8 @@ def stage_lines(log_path: Path, total: int, names: dict[str, str] | None = None)
             yield sink
         finally:
             sys.stdout, sys.stderr = old
+            root.handlers[:] = handlers
+            root.setLevel(level)
             if sink._buf:
                 sink.write("\n")
 

@@ -56,6 +56,27 @@ def test_stage_lines_summarise_kfp_output_and_keep_the_rest_in_the_log(tmp_path)
     assert "{executor input json}" in log.getvalue() and "Traceback: boom" in sink.lines
 
 
+def test_a_log_handler_kfp_leaves_behind_does_not_outlive_the_run(tmp_path):
+    """Two kfp.local tasks in parallel threads can restore each other's root handlers in the wrong order, leaving
+    a handler on the first run's sink; the next run's log records then fail on its closed file."""
+    import logging
+
+    from kfp.local.logging_utils import local_logger_context
+
+    from pipelines.local import stage_lines
+
+    root = logging.getLogger()
+    before = root.handlers[:]
+    with stage_lines(tmp_path / "first.log", total=1):
+        a, b = local_logger_context(), local_logger_context()
+        a.__enter__(), b.__enter__()  # task A starts, then task B (B saves A's handler as "original")
+        a.__exit__(None, None, None), b.__exit__(None, None, None)  # A ends first, then B restores A's handler
+    assert root.handlers == before
+    with stage_lines(tmp_path / "second.log", total=1) as sink:
+        logging.warning("Skipping task evaluate: upstream task(s) failed.")
+    assert "Logging error" not in (tmp_path / "second.log").read_text() and not any("Logging error" in line for line in sink.lines)
+
+
 def test_failing_stage_fails_the_run_and_closes_mlflow(tmp_path, monkeypatch, capsys):
     import pytest
     from mlflow.tracking import MlflowClient
