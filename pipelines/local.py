@@ -56,6 +56,7 @@ class StageLog(io.TextIOBase):
         self.current: str | None = None
         self.started: dict[str, float] = {}
         self.done = 0
+        self.finished: set[str] = set()
         self.failed: str | None = None
         self._buf = ""
         self._lock = threading.Lock()  # ParallelFor iterations run in threads
@@ -91,14 +92,27 @@ class StageLog(io.TextIOBase):
         """Print the stage's summary line: progress, name, status, duration."""
         self.done += 1
         self.total = max(self.total, self.done)
+        self.finished.add(task)
         secs = time.time() - self.started.pop(task, time.time())
         ok = status.upper() == "SUCCESS"
         if not ok:
             self.failed = task
+        self._summary(task, "ok" if ok else "FAILED", f"{secs:7.1f} s")
+
+    def finish_skipped(self) -> None:
+        """After a successful run: one line for each task that never ran (a condition was false), so the
+        progress ends at n/n and says why."""
+        for task in self.names:
+            if task not in self.finished:
+                self.done += 1
+                self.total = max(self.total, self.done)
+                self.finished.add(task)
+                self._summary(task, "skipped", "(condition false)")
+
+    def _summary(self, task: str, status: str, tail: str) -> None:
         bar = "#" * round(10 * self.done / self.total)
         name = self.names.get(task, task)
-        self.term.write(f"[{bar:<10}] {self.done:>2}/{self.total:<2} {name:<28} {'ok' if ok else 'FAILED':<7} "
-                        f"{secs:7.1f} s\n")
+        self.term.write(f"[{bar:<10}] {self.done:>2}/{self.total:<2} {name:<28} {status:<7} {tail}\n")
         self.term.flush()
 
     def running(self) -> list[str]:
@@ -215,6 +229,7 @@ def run_with_stage_lines(func, out: Path, root: Path, title: str, what: str, qui
             try:
                 func(**params)
                 err = None
+                sink.finish_skipped()
             except RuntimeError as e:
                 err = e
     finally:

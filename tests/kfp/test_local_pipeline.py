@@ -3,7 +3,7 @@ from augpaint_core.config import parse_config
 from tests.conftest import tiny_dict
 
 
-def test_full_pipeline_locally(tmp_path, monkeypatch):
+def test_full_pipeline_locally(tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     from pipelines.local import run_local
@@ -12,6 +12,10 @@ def test_full_pipeline_locally(tmp_path, monkeypatch):
     cfg = parse_config(tiny_dict(), "tiny")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_local(cfg, tmp_path / "run", uri, quiet=True)
+    lines = [line.split("]", 1)[1].split() for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    n = len(lines)
+    assert [line[0] for line in lines] == [f"{i}/{n}" for i in range(1, n + 1)]
+    assert lines[-1][1:3] == ["export-nnunet", "skipped"]  # off by default: it ends the progress, not a gap
     for name in ("baseline", "augpaint"):
         assert 0.0 <= result[name]["mean"]["dice"] <= 1.0
     assert result["baseline"]["per_case"].keys() == result["augpaint"]["per_case"].keys()
@@ -54,6 +58,23 @@ def test_stage_lines_summarise_kfp_output_and_keep_the_rest_in_the_log(tmp_path)
     assert lines[0].split("]", 1)[1].split()[:3] == ["1/2", "preprocess", "ok"] and lines[0].startswith("[#####")
     assert lines[1].split("]", 1)[1].split()[:3] == ["2/2", "train-ae", "FAILED"] and sink.failed == "train-ae"
     assert "{executor input json}" in log.getvalue() and "Traceback: boom" in sink.lines
+
+
+def test_tasks_that_never_ran_end_the_progress_as_skipped():
+    import io
+
+    from pipelines.local import StageLog
+
+    term = io.StringIO()
+    sink = StageLog(io.StringIO(), term, total=3, names={"preprocess": "preprocess", "export-nnunet": "export",
+                                                         "evaluate": "evaluate"})
+    for task in ("preprocess", "evaluate"):
+        sink.write(f"Executing task '{task}'\nTask '{task}' finished with status SUCCESS\n")
+    sink.finish_skipped()
+    lines = term.getvalue().splitlines()
+    assert [line.split("]", 1)[1].split()[:3] for line in lines] == [
+        ["1/3", "preprocess", "ok"], ["2/3", "evaluate", "ok"], ["3/3", "export", "skipped"]]
+    assert lines[-1].startswith("[##########]")
 
 
 def test_a_log_handler_kfp_leaves_behind_does_not_outlive_the_run(tmp_path):
