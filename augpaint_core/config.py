@@ -278,6 +278,9 @@ class SegConfig(_Strict):
 
 class FilterConfig(_Strict):
     keep_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    per_source: bool = Field(False, description="keep the top keep_fraction of each source slice's samples instead "
+                                                "of the whole pool's, so every source survives (the paper ranks "
+                                                "the whole pool)")
     scorer_epochs: PositiveInt = 120
     scorer_max_steps: PositiveInt | None = None
     reject_background: bool = Field(False, description="also reject samples where the scorer finds a target "

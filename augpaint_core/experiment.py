@@ -19,7 +19,8 @@ segmenter training: does AugPaint add to standard augmentation? Controls: ``orac
 pasted into real slices of other patients, chosen and labeled with the true labels: the ceiling for any
 background generator) and the filter controls
 ``augpaint_random50``, ``augpaint_bottom50``, ``augpaint_all`` (the same AugPaint pool, a random half, the
-worst-scored half, everything). Every variant gets the same segmenter budget.
+worst-scored half, everything); ``augpaint_per_source`` filters the pool with ``filter.per_source`` (the top
+half of each source slice's samples). Every variant gets the same segmenter budget.
 
 Statistics: every gain is a paired difference per split (same test cases), with a seeded 95% percentile
 bootstrap confidence interval over splits, and one over (split, test case) units; the record of every variant
@@ -64,11 +65,13 @@ VARIANTS = {  # name -> (table label, pool, semi-supervised)
     "augpaint_random50": ("AugPaint, random half", "augpaint_random", False),
     "augpaint_bottom50": ("AugPaint, bottom half", "augpaint_bottom", False),
     "augpaint_all": ("AugPaint, all samples", "augpaint_all", False),
+    "augpaint_per_source": ("AugPaint, top half per source", "augpaint_per_source", False),
 }
 ONTHEFLY = {"baseline_aug", "augpaint_aug"}  # variants trained with seg.augment on
 REFERENCES = {"augpaint_aug": "baseline_aug"}  # paired comparisons besides the one with the U-Net
 CONTROL_POOLS = {"augpaint_random": "random", "augpaint_bottom": "bottom", "augpaint_all": "all"}
-AUGPAINT_POOLS = {"augpaint", "augpaint_strict", *CONTROL_POOLS}
+REFILTERED = {"augpaint_strict": ("reject_background", "ood_reject"), "augpaint_per_source": ("per_source",)}
+AUGPAINT_POOLS = {"augpaint", *REFILTERED, *CONTROL_POOLS}
 DEFAULT_VARIANTS = ("baseline", "randaug", "augpaint", "cond_augpaint")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
@@ -277,14 +280,15 @@ def run_split(cfg: AugPaintConfig, work: Path, split: int, labeled: list[int], v
             shared["ldm_cond"] = _once(work / "ldm_cond", lambda: train_ldm(cc, ds, shared["ae"], work / "ldm_cond"))
         filtered: dict[str, Path] = {}
         scorer = None
-        for pool in ("augpaint", "cond", "randaug", "augpaint_strict", "oracle"):
+        for pool in ("augpaint", "cond", "randaug", *REFILTERED, "oracle"):
             if pool not in pools:
                 continue
             fc = c
-            if pool == "augpaint_strict":  # the AugPaint pool, filtered with both optional rejection rules
+            if pool in REFILTERED:  # the AugPaint pool, filtered again with optional filter rules switched on
                 fc = c.model_copy(deep=True)
-                fc.filter.reject_background = fc.filter.ood_reject = True
-            syn = d / f"syn_{'augpaint' if pool == 'augpaint_strict' else pool}"
+                for rule in REFILTERED[pool]:
+                    setattr(fc.filter, rule, True)
+            syn = d / f"syn_{'augpaint' if pool in REFILTERED else pool}"
             if pool == "randaug":
                 _once(syn, lambda: rand_aug(c, ds, syn))
             elif pool == "oracle":  # backgrounds chosen and labeled with every training label (an oracle)

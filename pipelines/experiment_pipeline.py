@@ -31,6 +31,11 @@ def check_options(splits: int, labeled: List[int], variants: List[str]) -> None:
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise AugPaintError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    wired = [v for v, (_, pool, _) in VARIANTS.items() if pool is None or pool in POOL_ORDER]
+    unwired = [v for v in variants if v not in wired]
+    if unwired:  # the evidence controls run in process only (augpaint experiment without --kfp)
+        raise AugPaintError(f"variant(s) {', '.join(unwired)}: not in the experiment pipeline, only in "
+                            f"`augpaint experiment` without --kfp; the pipeline runs {', '.join(wired)}")
     if splits < 1 or not labeled or min(labeled) < 1:
         raise AugPaintError(f"--splits {splits} and --labeled {labeled}: need at least one split and counts >= 1")
 

@@ -14,7 +14,8 @@ Two optional rules address what the paper names as its filter's limitation:
   distances of held-out real slices, the val split).
 
 Kept = the top ``ceil(keep_fraction * N)`` by confidence, minus the rejected
-ones (a rejected sample is not replaced by a worse one). Every sample's scores
+ones (a rejected sample is not replaced by a worse one); with ``filter.per_source``
+the top fraction of each source slice's samples instead, so no source is lost. Every sample's scores
 and the decision are recorded in ``scores.json``; ``quality.json`` holds the
 quality report (``augpaint_core.quality``).
 """
@@ -79,16 +80,33 @@ def mahalanobis(reference: np.ndarray, query: np.ndarray, shrinkage: float = 0.1
     return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", q, prec, q), 0.0))
 
 
-def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the top ``ceil(fraction * N)`` scores, best first (ties: lower index first)."""
-    k = max(1, math.ceil(fraction * len(scores)))
+def top_fraction(scores: np.ndarray, fraction: float, groups: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the top ``ceil(fraction * N)`` scores, best first (ties: lower index first).
+
+    Args:
+        scores: one score per sample.
+        fraction: share to keep.
+        groups: optional group per sample (the source slice): then the top ``ceil(fraction * n)`` of each
+            group's n samples, still ordered best first overall.
+    """
     order = np.lexsort((np.arange(len(scores)), -scores))
-    return order[:k]
+    if groups is None:
+        return order[:max(1, math.ceil(fraction * len(scores)))]
+    names, counts = np.unique(groups, return_counts=True)
+    left = {g: max(1, math.ceil(fraction * n)) for g, n in zip(names.tolist(), counts.tolist())}
+    picked = []
+    for i in order:
+        g = groups[i].item()
+        if left[g]:
+            left[g] -= 1
+            picked.append(i)
+    return np.array(picked, dtype=np.int64)
 
 
-def select(scores: np.ndarray, fraction: float, rejected: np.ndarray) -> np.ndarray:
-    """The top fraction by score, best first, without the rejected samples."""
-    return np.array([i for i in top_fraction(scores, fraction) if not rejected[i]], dtype=np.int64)
+def select(scores: np.ndarray, fraction: float, rejected: np.ndarray, groups: np.ndarray | None = None
+           ) -> np.ndarray:
+    """The top fraction by score (per group when given), best first, without the rejected samples."""
+    return np.array([i for i in top_fraction(scores, fraction, groups) if not rejected[i]], dtype=np.int64)
 
 
 def _subsample(idx: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -186,12 +204,14 @@ def filter_synthetic(cfg: AugPaintConfig, dataset: str | Path, synthetic: str | 
                                       fcfg.ood_quantile))
     rej_bg = bg > fcfg.background_max_fraction if fcfg.reject_background else np.zeros(len(scores), bool)
     rej_ood = ood > ood_threshold if fcfg.ood_reject else np.zeros(len(scores), bool)
-    keep = select(scores, fcfg.keep_fraction, rej_bg | rej_ood)
+    # per source: every labeled slice keeps its best samples (the paper ranks the whole pool together)
+    groups = np.array([int(r["provenance"]["source_index"]) for r in syn.records]) if fcfg.per_source else None
+    keep = select(scores, fcfg.keep_fraction, rej_bg | rej_ood, groups)
     if len(keep) == 0:
         raise AugPaintError(f"{synthetic}: every sample in the top {fcfg.keep_fraction:.0%} was rejected "
                             f"(background {int(rej_bg.sum())}, out-of-distribution {int(rej_ood.sum())}); "
                             "loosen filter.background_max_fraction / filter.ood_quantile")
-    top = set(top_fraction(scores, fcfg.keep_fraction).tolist())
+    top = set(top_fraction(scores, fcfg.keep_fraction, groups).tolist())
     kept_mask = np.zeros(len(scores), bool)
     kept_mask[keep] = True
     # a lazy view: save_dataset copies the kept samples shard by shard

@@ -100,6 +100,20 @@ def test_bad_variant_fails_at_compile_time():
         build_pipeline(None, splits=1, labeled=[1], variants=["baseline", "segformer"])
 
 
+@pytest.mark.parametrize("variant", ["oracle_paste", "augpaint_random50", "augpaint_per_source"])
+def test_an_in_process_only_control_is_refused_with_one_line(variant, tmp_path, capsys):
+    """The evidence controls are wired in run_split only; the pipeline used to fail with an internal KeyError."""
+    from augpaint_core.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_dict()))
+    rc = main(["experiment", "--kfp", "--config", str(cfg), "--out", str(tmp_path / "o"), "--tracking-uri", "none",
+               "--variants", f"baseline,{variant}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"{variant}: not in the experiment pipeline" in err and "\n" not in err
+    assert "internal error" not in err and not (tmp_path / "o").exists()
+
+
 def test_cli_kfp_experiment_rejects_a_bad_variant_before_writing(tmp_path, capsys):
     from augpaint_core.cli import main
 

@@ -25,6 +25,14 @@ def test_top_fraction_keeps_exactly_the_best_in_order():
     assert len(top_fraction(scores[:5], 0.5)) == 3  # ceil
 
 
+def test_top_fraction_per_source_keeps_every_source():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    sources = np.array([0, 0, 0, 0, 5, 5])
+    assert top_fraction(scores, 0.5).tolist() == [0, 1, 2]  # the whole pool: source 5 is lost
+    assert top_fraction(scores, 0.5, sources).tolist() == [0, 1, 4]  # each source its best half, best first
+    assert top_fraction(scores[[0, 4, 5]], 0.5, sources[[0, 4, 5]]).tolist() == [0, 1]  # ceil per source
+
+
 def test_filter_stage_records_scores_and_keeps_top_half(pipeline_artifacts):
     a = pipeline_artifacts
     syn = load_dataset(a["synthetic"])
@@ -93,6 +101,27 @@ def test_filter_reuses_a_scorer_and_rejects_by_rule(pipeline_artifacts, tmp_path
     q = json.loads((tmp_path / "f" / "quality.json").read_text())
     assert q["num_kept"] == sum(t["kept"] for t in table)
     assert q["rejected"]["background_structure"] == sum(t["background_fraction"] > thr for t in table)
+
+
+def test_per_source_filter_keeps_the_best_half_of_each_source(pipeline_artifacts, tmp_path):
+    from augpaint_core.segmentation.filter import filter_synthetic
+
+    a = pipeline_artifacts
+    cfg = a["cfg"].model_copy(deep=True)
+    cfg.filter.per_source = True
+    filter_synthetic(cfg, a["dataset"], a["synthetic"], tmp_path / "f", scorer=a["filtered"] / "scorer")
+    table = json.loads((tmp_path / "f" / "scores.json").read_text())
+    by_source: dict = {}
+    for t in table:
+        by_source.setdefault(t["source_index"], []).append(t)
+    assert len(by_source) > 1
+    for rows in by_source.values():
+        kept = [t for t in rows if t["kept"]]
+        assert len(kept) == int(np.ceil(0.5 * len(rows)))
+        assert min(t["score"] for t in kept) >= max((t["score"] for t in rows if not t["kept"]), default=0)
+    flt = load_dataset(tmp_path / "f")
+    assert {r["provenance"]["source_index"] for r in flt.records} == set(by_source)
+    assert read_artifact_meta(tmp_path / "f")["config"]["filter"]["per_source"] is True
 
 
 def test_filter_stage_writes_quality_report(pipeline_artifacts):
