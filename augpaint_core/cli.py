@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default=None, help="comma list from baseline, unimatch, randaug, augpaint, "
                                                    "cond_augpaint, augpaint_unimatch, augpaint_strict, baseline_aug, "
                                                    "augpaint_aug, oracle_paste, augpaint_random50, augpaint_bottom50, "
-                                                   "augpaint_all, augpaint_per_source (default: baseline, randaug, augpaint, "
-                                                   "cond_augpaint; --kfp runs the first nine)")
+                                                   "augpaint_all, augpaint_per_source (default: baseline, randaug, "
+                                                   "augpaint, cond_augpaint; --kfp runs the first nine)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI ('none' disables)")
     p.add_argument("--force", action="store_true", help="replace a finished experiment")
     p.add_argument("--kfp", action="store_true", help="run the experiment pipeline through kfp.local (one task per "

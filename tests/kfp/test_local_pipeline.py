@@ -95,7 +95,8 @@ def test_a_log_handler_kfp_leaves_behind_does_not_outlive_the_run(tmp_path):
     assert root.handlers == before
     with stage_lines(tmp_path / "second.log", total=1) as sink:
         logging.warning("Skipping task evaluate: upstream task(s) failed.")
-    assert "Logging error" not in (tmp_path / "second.log").read_text() and not any("Logging error" in line for line in sink.lines)
+    assert "Logging error" not in (tmp_path / "second.log").read_text()
+    assert not any("Logging error" in line for line in sink.lines)
 
 
 def test_failing_stage_fails_the_run_and_closes_mlflow(tmp_path, monkeypatch, capsys):
